@@ -1,0 +1,235 @@
+"""The `robustbench-mtl` command: a thin click + rich layer over the library functions."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import RobustbenchError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one line on stderr and exit code 2; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RobustbenchError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _print_json(obj: Any) -> None:
+    from .results import dumps
+
+    click.echo(dumps(obj))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="robustbench-mtl")
+def main() -> None:
+    """Train and compare multitask and group-robustness methods on standard splits."""
+
+
+class RichReporter:
+    """A progress bar: epoch, step, loss and the last validation worst-group accuracy."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("val WG {task.fields[wg]}"),
+            TimeElapsedColumn(), console=err, transient=False,
+        )
+        self.task: Any = None
+        self.wg = "-"
+
+    def start(self, epochs: int, steps: int, start_epoch: int) -> None:
+        self.epochs, self.steps = epochs, steps
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=epochs * steps, completed=start_epoch * steps,
+                                           epoch=f"{start_epoch + 1}/{epochs}", loss="-", wg=self.wg)
+
+    def step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
+        self.progress.update(self.task, completed=epoch * self.steps + step, epoch=f"{epoch + 1}/{self.epochs}",
+                             loss=f"{losses['loss']:.4f}")
+
+    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        self.wg = f"{100 * record['val/worst_group_acc']:.1f}%"
+        self.progress.update(self.task, wg=self.wg)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@main.command()
+@click.option("--algo", "algorithm", help="algorithm name (see `robustbench-mtl list algorithms`)")
+@click.option("--data", help="dataset name (see `robustbench-mtl list datasets`)")
+@click.option("--aux", multiple=True, help="auxiliary objective(s); repeat or comma-separate")
+@click.option("--backbone", default=None, help="backbone name; default: the dataset's")
+@click.option("--seed", default=0, show_default=True, type=int, help="run seed (init, shuffling, augmentation)")
+@click.option("--hparams-seed", default=0, show_default=True, type=int,
+              help="0 = defaults; N > 0 = a random draw from the search spaces, seeded per field")
+@click.option("--preset", default=None, help="a preset of the dataset, or a .toml/.json file of overrides")
+@click.option("--set", "overrides", multiple=True, metavar="SCOPE.FIELD=VALUE", help="override one hparam")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="run directory; default runs/<data>/<method>-<backbone>-s<seed>-<hash>")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its own config.json")
+@click.option("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+@click.option("--json", "as_json", is_flag=True, help="print final.json to stdout")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+@_fail_cleanly
+def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone: str | None, seed: int,
+        hparams_seed: int, preset: str | None, overrides: tuple[str, ...], out_dir: Path | None, device: str,
+        resume: bool, threads: int, as_json: bool, quiet: bool) -> None:
+    """Train and evaluate one configuration; prints where its results are."""
+    import torch
+
+    from .config import RunSpec
+    from .errors import ConfigError
+    from .results import CONFIG, read_json
+    from .runner import run as run_fn
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if resume:
+        if out_dir is None or not (out_dir / CONFIG).exists():
+            raise ConfigError("--resume needs --out pointing at a run directory that holds config.json")
+        spec = RunSpec.from_json(read_json(out_dir / CONFIG)["spec"])
+    else:
+        if not algorithm or not data:
+            raise ConfigError("run needs --algo and --data (or --resume --out DIR); see `robustbench-mtl run -h`")
+        aux_names = tuple(a.strip() for item in aux for a in item.split(",") if a.strip())
+        spec = RunSpec(data=data, algorithm=algorithm, aux=aux_names, backbone=backbone, seed=seed,
+                       hparams_seed=hparams_seed, preset=preset, overrides=overrides, device=device)
+    result = run_fn(spec, out_dir, None if quiet or as_json else RichReporter())
+    if as_json:
+        _print_json(result.final)
+        return
+    if result.already_finished:
+        err.print(f"already finished: {result.out_dir} (nothing was retrained)")
+    _print_summary(result.final)
+    out.print(f"results: [bold]{result.out_dir}[/] (config.json, metrics.jsonl, final.json)")
+
+
+def _print_summary(final: dict[str, Any]) -> None:
+    table = Table(title="test accuracy at the epoch each protocol selects")
+    for col in ("selection", "epoch", "val WG", "test WG", "test avg"):
+        table.add_column(col, justify="right" if col != "selection" else "left")
+    for name, s in final["selections"].items():
+        label = f"{name} ({s['label']})" + (" [ORACLE]" if s["oracle"] else "")
+        table.add_row(label, str(s["epoch"]), _pct(s["val"].get("worst_group_acc")),
+                      _pct(s["test"].get("worst_group_acc")), _pct(s["test"].get("avg_acc")))
+    out.print(table)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+@main.command("list")
+@click.argument("kind", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@_fail_cleanly
+def list_cmd(kind: str | None, as_json: bool) -> None:
+    """Registered components of KIND (datasets, backbones, objectives, algorithms, selections, launchers)."""
+    from .catalog import kinds, list_components
+
+    rows = {k: list_components(k) for k in ([kinds(kind)] if kind else kinds())}
+    if as_json:
+        _print_json(rows)
+        return
+    for k, entries in rows.items():
+        table = Table(title=k)
+        extra = [c for c in ("train groups", "val groups") if entries and c in entries[0]]
+        for col in ("name", "summary", *extra, "provider"):
+            table.add_column(col)
+        for e in entries:
+            summary = e["summary"] if "error" not in e else f"[red]failed to load: {e['error']}[/]"
+            table.add_row(e["name"], summary, *[_yes(e.get(c)) for c in extra], e["provider"])
+        out.print(table)
+
+
+def _yes(v: Any) -> str:
+    return "-" if v is None else ("yes" if v else "no")
+
+
+@main.command()
+@click.argument("kind")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@_fail_cleanly
+def show(kind: str, name: str, as_json: bool) -> None:
+    """A component's documentation and hyperparameters (default and search space)."""
+    from .catalog import describe
+
+    info = describe(kind, name)
+    if as_json:
+        _print_json(info)
+        return
+    out.print(f"[bold]{info['kind']} {info['name']}[/]  ({info['provider']})\n")
+    out.print(info["doc"], highlight=False)
+    for key, value in info.get("facts", {}).items():
+        out.print(f"[bold]{key}:[/] {value}", highlight=False)
+    if info["hparams"]:
+        table = Table(title=f"hyperparameters (--set {info['scope']}.FIELD=VALUE)")
+        for col in ("field", "type", "default", "search space", "help"):
+            table.add_column(col)
+        for h in info["hparams"]:
+            table.add_row(h["name"], h["type"], json.dumps(h["default"]), h["space"] or "-", h["help"])
+        out.print(table)
+
+
+@main.command()
+@click.argument("runs_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="write <dataset>.md and <dataset>.json here instead of printing")
+@_fail_cleanly
+def leaderboard(runs_dir: Path, out_dir: Path | None) -> None:
+    """Markdown leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR."""
+    from .leaderboard import leaderboard_markdown, write_leaderboards
+
+    if out_dir is None:
+        click.echo(leaderboard_markdown(runs_dir))
+        return
+    for path in write_leaderboards(runs_dir, out_dir):
+        out.print(f"wrote {path}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@_fail_cleanly
+def plugins(as_json: bool) -> None:
+    """Installed plugin distributions: versions, what each provides, and load errors."""
+    from .catalog import plugin_report
+
+    report = plugin_report()
+    if as_json:
+        _print_json(report)
+        return
+    if not report:
+        out.print("no plugins installed (packages declaring robustbench_mtl.* entry points)")
+    for dist in report:
+        out.print(f"[bold]{dist['dist']}[/] {dist['version']}")
+        for p in dist["provides"]:
+            out.print(f"  {p['kind']}: {p['name']}")
+        for e in dist["errors"]:
+            out.print(f"  [red]error[/] {e['kind']} {e['name']}: {e['error']}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()

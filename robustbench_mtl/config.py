@@ -1,0 +1,204 @@
+"""What a run is: the user's request (RunSpec), the runner's own hparams, and resolution to one config."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .data.base import Dataset, DataInfo
+from .errors import ConfigError
+from .hparams import Choice, LogUniform, build, draw, hp, parse_assignment, to_dict
+from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES, Provider
+
+
+@dataclass(frozen=True)
+class TrainHParams:
+    """The training loop's hyperparameters (scope `train`)."""
+
+    epochs: int = hp(20, help="maximum number of epochs")
+    batch_size: int = hp(64, Choice((16, 32, 64, 128)), help="end-task batch size")
+    aux_batch_size: int = hp(0, help="auxiliary batch size; 0 = same as batch_size (the paper)")
+    lr: float = hp(1e-3, LogUniform(1e-4, 1e-2), help="learning rate")
+    weight_decay: float = hp(0.0, help="weight decay")
+    optimizer: Literal["adam", "adamw", "sgd"] = hp("adam", help="optimizer")
+    momentum: float = hp(0.9, help="SGD momentum")
+    scheduler: Literal["constant", "cosine", "linear"] = hp("constant", help="learning-rate schedule")
+    warmup_steps: int = hp(0, help="linear warmup steps")
+    grad_clip: float = hp(0.0, help="clip the gradient norm to this value; 0 = off")
+    patience: int = hp(10, help="stop when both val worst-group and val average accuracy stalled this "
+                                "many epochs; 0 = never stop early")
+    eval_batch_size: int = hp(512, help="batch size for evaluation")
+    precision: Literal["auto", "fp32", "bf16"] = hp("auto", help="auto = bf16 autocast on CUDA, fp32 on CPU")
+
+
+@dataclass(frozen=True)
+class ModelHParams:
+    """How the runner assembles the model around the backbone (scope `model`)."""
+
+    head_norm: float = hp(0.0, help="rescale each task head's weight to this Frobenius norm after every "
+                                    "step; 0 = off")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the user asked for; `resolve` turns it into a full config."""
+
+    data: str
+    algorithm: str
+    aux: tuple[str, ...] = ()
+    backbone: str | None = None
+    seed: int = 0
+    hparams_seed: int = 0
+    preset: str | None = None
+    overrides: tuple[str, ...] = ()
+    device: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["aux"], d["overrides"] = list(self.aux), list(self.overrides)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RunSpec":
+        d = dict(d)
+        d["aux"], d["overrides"] = tuple(d.get("aux", ())), tuple(d.get("overrides", ()))
+        return cls(**d)
+
+
+@dataclass
+class Resolved:
+    """A validated run: components, objectives in order, hparams per scope, and the loaded dataset."""
+
+    spec: RunSpec
+    backbone: str
+    objectives: list[str]
+    hparams: dict[str, Any]
+    dataset: Dataset
+    info: DataInfo
+    classes: dict[str, type] = field(repr=False, default_factory=dict)
+
+    def hparams_json(self) -> dict[str, dict[str, Any]]:
+        return {scope: to_dict(h) for scope, h in self.hparams.items()}
+
+    def providers(self) -> dict[str, Provider]:
+        provs = {
+            "dataset": DATASETS.provider(self.spec.data),
+            "backbone": BACKBONES.provider(self.backbone),
+            "algorithm": ALGORITHMS.provider(self.spec.algorithm),
+        }
+        provs.update({f"objective:{o}": OBJECTIVES.provider(o) for o in self.objectives})
+        return provs
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same run: components, seed and resolved hparams, however they were asked
+        for (a preset and the same values given with --set are one configuration)."""
+        return {"data": self.spec.data, "algorithm": self.spec.algorithm, "aux": list(self.spec.aux),
+                "backbone": self.backbone, "seed": self.spec.seed, "hparams": self.hparams_json()}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _dotted_layer(source: dict[str, Any], what: str) -> dict[str, dict[str, Any]]:
+    layer: dict[str, dict[str, Any]] = {}
+    for key, value in source.items():
+        scope, dot, name = key.partition(".")
+        if not dot:
+            raise ConfigError(f"{what}: key {key!r} must look like scope.field")
+        layer.setdefault(scope, {})[name] = value
+    return layer
+
+
+def load_preset(name: str, dataset_cls: type[Dataset], data_name: str) -> dict[str, Any]:
+    """A named preset of the dataset, or a TOML/JSON file of dotted overrides (never executed)."""
+    if name in dataset_cls.presets:
+        return dict(dataset_cls.presets[name])
+    path = Path(name)
+    if path.suffix in (".toml", ".json") and path.is_file():
+        try:
+            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"preset file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+        flat: dict[str, Any] = {}
+        for k, v in data.items():  # accept both {"train.lr": 1} and [train] lr = 1
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                flat[k] = v
+        return flat
+    known = ", ".join(sorted(dataset_cls.presets)) or "none"
+    raise ConfigError(f"unknown preset '{name}' for dataset '{data_name}' (presets: {known}); "
+                      f"or pass a .toml/.json file of scope.field overrides")
+
+
+def _objective_list(spec: RunSpec, algo_cls: type) -> list[str]:
+    names: list[str] = []
+    for n in (*spec.aux, *getattr(algo_cls, "extra_objectives", ())):
+        if n not in names:
+            names.append(n)
+    return names
+
+
+def resolve(spec: RunSpec) -> Resolved:
+    """Look up every component, apply hparam layers, load the data and check that everything fits."""
+    data_cls = DATASETS.get(spec.data)
+    algo_cls = ALGORITHMS.get(spec.algorithm)
+    backbone = spec.backbone or data_cls.default_backbone
+    backbone_cls = BACKBONES.get(backbone)
+    objectives = _objective_list(spec, algo_cls)
+    obj_classes = {o: OBJECTIVES.get(o) for o in objectives}
+    scopes: dict[str, type] = {
+        "data": data_cls.HParams, "backbone": backbone_cls.HParams, "algorithm": algo_cls.HParams,
+        "train": TrainHParams, "model": ModelHParams, **{o: c.HParams for o, c in obj_classes.items()},
+    }
+    defaults = _dotted_layer(dict(data_cls.defaults), f"defaults of dataset '{spec.data}'")
+    preset = _dotted_layer(load_preset(spec.preset, data_cls, spec.data), "preset") if spec.preset else {}
+    explicit: dict[str, dict[str, Any]] = {}
+    for text in spec.overrides:
+        scope, name, value = parse_assignment(text)
+        if scope not in scopes:
+            raise ConfigError(f"--set {text}: scope '{scope}' is not part of this run "
+                              f"(scopes: {', '.join(sorted(scopes))})")
+        explicit.setdefault(scope, {})[name] = value
+    for scope in preset:
+        if scope not in scopes:
+            raise ConfigError(f"preset '{spec.preset}': scope '{scope}' is not part of this run")
+    hparams = {
+        scope: build(cls, scope, [defaults.get(scope, {}), draw(cls, scope, spec.hparams_seed),
+                                  preset.get(scope, {}), explicit.get(scope, {})])
+        for scope, cls in scopes.items()
+    }
+    dataset = data_cls(hparams["data"], spec.data)
+    info = dataset.info()
+    backbone_cls.check(backbone, info)
+    for name, cls in obj_classes.items():
+        cls.check(name, backbone, backbone_cls, info)
+    if getattr(algo_cls, "requires_auxiliary", False) and not any(
+        c.role == "auxiliary" for c in obj_classes.values()
+    ):
+        raise ConfigError(f"algorithm '{spec.algorithm}' needs an auxiliary objective: pass --aux with one of "
+                          f"{', '.join(auxiliary_choices(backbone, backbone_cls, info))}")
+    classes = {"dataset": data_cls, "backbone": backbone_cls, "algorithm": algo_cls,
+               **{f"objective:{o}": c for o, c in obj_classes.items()}}
+    return Resolved(spec, backbone, objectives, hparams, dataset, info, classes)
+
+
+def auxiliary_choices(backbone: str, backbone_cls: type, info: DataInfo) -> list[str]:
+    """Auxiliary objectives that fit this dataset and backbone."""
+    fits = []
+    for name, cls in OBJECTIVES.load_all():
+        if getattr(cls, "role", None) != "auxiliary":
+            continue
+        try:
+            cls.check(name, backbone, backbone_cls, info)
+        except ConfigError:
+            continue
+        fits.append(name)
+    return fits

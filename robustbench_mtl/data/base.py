@@ -1,0 +1,135 @@
+"""The dataset contract: tasks, groups, splits held as tensors, defaults, and a generation cache."""
+from __future__ import annotations
+
+import abc
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from ..hparams import NoHParams, to_dict
+from ..results import atomic_torch_save
+from ..types import Batch
+
+SPLITS = ("train", "val", "test")
+Modality = Literal["tabular", "image", "text"]
+
+
+@dataclass
+class TensorSplit:
+    """One split held in memory: inputs, labels per task, group ids and environment ids."""
+
+    x: Tensor
+    y: dict[str, Tensor]
+    g: Tensor
+    e: Tensor
+
+    def __len__(self) -> int:
+        return int(self.g.shape[0])
+
+    def batch(self, idx: Tensor) -> Batch:
+        """The examples at `idx` (a LongTensor on the split's device)."""
+        return Batch(self.x[idx], {k: v[idx] for k, v in self.y.items()}, self.g[idx], self.e[idx], idx)
+
+    def to(self, device: torch.device | str) -> "TensorSplit":
+        return TensorSplit(self.x.to(device), {k: v.to(device) for k, v in self.y.items()},
+                           self.g.to(device), self.e.to(device))
+
+    def state(self) -> dict[str, Any]:
+        return {"x": self.x, "y": self.y, "g": self.g, "e": self.e}
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What backbones, objectives and metrics need to know about a dataset."""
+
+    name: str
+    modality: Modality
+    input_shape: tuple[int, ...]
+    tasks: dict[str, int]
+    group_names: tuple[str, ...]
+    train_group_counts: tuple[int, ...]
+
+
+class Dataset(abc.ABC):
+    """A dataset with named tasks (name -> number of classes), named groups and train/val/test splits.
+
+    Subclasses set the class attributes and implement `generate` (embedded data) or override `load`.
+    `defaults` are dotted overrides (e.g. {"train.lr": 0.05}) applied above class defaults.
+    """
+
+    HParams: ClassVar[type] = NoHParams
+    tasks: ClassVar[dict[str, int]] = {"y": 2}
+    group_names: ClassVar[tuple[str, ...]] = ()
+    modality: ClassVar[Modality] = "tabular"
+    default_backbone: ClassVar[str] = "mlp"
+    defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    version: ClassVar[str] = "1"
+
+    def __init__(self, hparams: Any, name: str) -> None:
+        self.hparams = hparams
+        self.name = name
+        self._splits: dict[str, TensorSplit] | None = None
+
+    def load(self) -> dict[str, TensorSplit]:
+        """The three splits, generated once and then read from the cache."""
+        if self._splits is None:
+            self._splits = self._load_cached()
+        return self._splits
+
+    @abc.abstractmethod
+    def generate(self) -> dict[str, TensorSplit]:
+        """Build the splits from scratch, deterministically (same hparams, same tensors)."""
+
+    def info(self) -> DataInfo:
+        splits = self.load()
+        train = splits["train"]
+        counts = torch.bincount(train.g[train.g >= 0], minlength=len(self.group_names))
+        return DataInfo(self.name, self.modality, tuple(train.x.shape[1:]), dict(self.tasks),
+                        tuple(self.group_names), tuple(int(c) for c in counts))
+
+    def fingerprint(self) -> str:
+        """A short hash of the split tensors, recorded in every run's provenance."""
+        h = hashlib.sha256()
+        for split in SPLITS:
+            s = self.load()[split]
+            for t in (s.x, *s.y.values(), s.g, s.e):
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    # -- cache -----------------------------------------------------------------------
+    def _cache_path(self) -> Path:
+        key = hashlib.sha256(repr((self.name, self.version, sorted(to_dict(self.hparams).items()))).encode())
+        return cache_dir() / f"{self.name}-v{self.version}-{key.hexdigest()[:12]}.pt"
+
+    def _load_cached(self) -> dict[str, TensorSplit]:
+        path = self._cache_path()
+        if path.exists():
+            try:
+                state = torch.load(path, weights_only=True)
+                return {k: TensorSplit(**state[k]) for k in SPLITS}
+            except Exception:  # a damaged cache file is rebuilt, never trusted
+                path.unlink(missing_ok=True)
+        splits = self.generate()
+        try:
+            atomic_torch_save({k: splits[k].state() for k in SPLITS}, path)
+        except OSError:  # a read-only cache only costs regeneration time
+            pass
+        return splits
+
+
+def cache_dir() -> Path:
+    """Where embedded datasets are cached: $ROBUSTBENCH_MTL_CACHE, else ~/.cache/robustbench_mtl."""
+    env = os.environ.get("ROBUSTBENCH_MTL_CACHE")
+    base = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "robustbench_mtl"
+    return base
+
+
+def group_ids(labels: Tensor, attrs: Tensor, n_attrs: int) -> Tensor:
+    """Group id = label * n_attrs + attribute (the convention of Waterbirds and the MTL code)."""
+    return labels.long() * n_attrs + attrs.long()

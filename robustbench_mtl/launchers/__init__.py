@@ -1,0 +1,1 @@
+"""Launchers: one module per registered name (see base.py for the contract)."""

@@ -1,0 +1,70 @@
+"""Minibatch streams over in-memory splits: the end-task loader and the independent auxiliary stream."""
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from .data.base import TensorSplit
+from .types import Batch
+
+
+def stream_seed(*parts: object) -> int:
+    """A stable 63-bit seed from (run seed, stream name, epoch): independent streams, no shared state."""
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
+
+
+def epoch_order(n: int, seed: int, stream: str, epoch: int, weights: Tensor | None = None) -> Tensor:
+    """Example order for one epoch: a permutation, or n weighted draws with replacement."""
+    gen = torch.Generator().manual_seed(stream_seed(seed, stream, epoch))
+    if weights is None:
+        return torch.randperm(n, generator=gen)
+    return torch.multinomial(weights.double().cpu(), n, replacement=True, generator=gen)
+
+
+def epoch_batches(split: TensorSplit, batch_size: int, seed: int, epoch: int,
+                  weights: Tensor | None = None) -> Iterator[Batch]:
+    """The end-task batches of one epoch (the last one may be smaller, as a DataLoader's)."""
+    order = epoch_order(len(split), seed, "train", epoch, weights).to(split.g.device)
+    for start in range(0, len(order), batch_size):
+        yield split.batch(order[start:start + batch_size])
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+class AuxStream:
+    """Input-only batches from an independently shuffled pass over the training inputs.
+
+    Re-shuffled when exhausted, as the released code re-creates its auxiliary iterator
+    (METHODS.md §1.2). Labels and groups are withheld: auxiliary tasks are self-supervised.
+    `state()` / `load_state()` let a resumed run continue the stream exactly.
+    """
+
+    def __init__(self, split: TensorSplit, batch_size: int, seed: int) -> None:
+        self.split, self.batch_size, self.seed = split, batch_size, seed
+        self.epoch, self.pos = 0, 0
+        self._order: Tensor | None = None
+
+    def _ensure_order(self) -> Tensor:
+        if self._order is None:
+            self._order = epoch_order(len(self.split), self.seed, "aux", self.epoch).to(self.split.g.device)
+        return self._order
+
+    def next(self) -> Batch:
+        if self.pos >= len(self.split):
+            self.epoch, self.pos, self._order = self.epoch + 1, 0, None
+        idx = self._ensure_order()[self.pos:self.pos + self.batch_size]
+        self.pos += len(idx)
+        b = self.split.batch(idx)
+        return Batch(b.x, {}, torch.full_like(b.g, -1), torch.full_like(b.e, -1), b.idx)
+
+    def state(self) -> list[int]:
+        return [self.epoch, self.pos]
+
+    def load_state(self, state: list[int]) -> None:
+        self.epoch, self.pos = int(state[0]), int(state[1])
+        self._order = None

@@ -1,0 +1,1 @@
+"""Objectives: one module per registered name (see base.py for the contract)."""

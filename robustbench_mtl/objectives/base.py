@@ -1,0 +1,76 @@
+"""The objective contract: auxiliary tasks (own forward pass on the auxiliary batch) and penalties."""
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from ..backbones.base import Backbone
+from ..data.base import DataInfo
+from ..errors import ConfigError
+from ..types import Batch, Outputs
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+
+class Objective(nn.Module, abc.ABC):
+    """A weighted loss term added to the end-task loss; its HParams must have a `weight` field.
+
+    Objectives with parameters (decoders, projection heads) are submodules of the model, so the
+    optimizer trains them and checkpoints hold them.
+    """
+
+    HParams: ClassVar[type]
+    role: ClassVar[Literal["auxiliary", "penalty"]]
+    modalities: ClassVar[tuple[str, ...]] = ("tabular", "image", "text")
+    needs_masking: ClassVar[bool] = False
+
+    def __init__(self, hparams: Any, backbone: Backbone, info: DataInfo) -> None:
+        super().__init__()
+        self.hparams = hparams
+
+    @property
+    def weight(self) -> float:
+        return float(self.hparams.weight)
+
+    @classmethod
+    def check(cls, name: str, backbone_name: str, backbone_cls: type[Backbone], info: DataInfo) -> None:
+        """Raise ConfigError if this objective does not fit the dataset or backbone."""
+        if info.modality not in cls.modalities:
+            raise ConfigError(
+                f"objective '{name}' needs {'/'.join(cls.modalities)} inputs but dataset '{info.name}' is "
+                f"{info.modality}; see `robustbench-mtl list objectives`"
+            )
+        if cls.needs_masking and not backbone_cls.supports_masking:
+            raise ConfigError(
+                f"objective '{name}' needs a backbone with patch masking, and '{backbone_name}' has none; "
+                f"use an image backbone such as --backbone vit_tiny"
+            )
+
+    def post_step(self) -> None:
+        """Called after every optimizer step (e.g. to project decoder weights)."""
+
+
+class AuxiliaryTask(Objective):
+    """A self-supervised task on the auxiliary batch (an independently shuffled batch of train inputs)."""
+
+    role = "auxiliary"
+
+    @abc.abstractmethod
+    def loss(self, model: "Model", batch: Batch, outputs: Outputs) -> tuple[Tensor, list[Outputs]]:
+        """(unweighted loss, the shared representations of its own forward passes).
+
+        `batch` is the auxiliary batch; `outputs` is the end-task pass (for objectives that pair with it).
+        """
+
+
+class Penalty(Objective):
+    """A regularizer on shared representations (the end-task pass and every auxiliary pass)."""
+
+    role = "penalty"
+
+    @abc.abstractmethod
+    def loss(self, reps: dict[str, Outputs]) -> Tensor:
+        """Unweighted penalty over the representations, keyed by pass ('end', 'simclr/0', ...)."""

@@ -1,0 +1,67 @@
+"""L1 penalty: mean absolute activation of the shared representation (paper eq. 1)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor
+
+from ..backbones.base import Backbone
+from ..data.base import DataInfo
+from ..hparams import Choice, hp
+from ..registry import OBJECTIVES
+from ..types import Outputs
+from .base import Penalty
+
+_E = round(math.e, 4)
+
+
+@dataclass(frozen=True)
+class L1HParams:
+    weight: float = hp(round(1 / math.e, 4), Choice((round(1 / math.e, 4), 1.0, _E)),
+                       help="w_reg; the paper's grid is e^k, k in {-1, 0, 1}")
+    target: Literal["all_tokens", "cls"] = hp(
+        "all_tokens", help="all_tokens: the whole final-layer sequence (released code); cls: the pooled/CLS vector")
+    normalizer: Literal["first_batch", "batch"] = hp(
+        "first_batch", help="divide |H|_1 by numel of the first batch of each pass (released code) or of this batch")
+
+
+@OBJECTIVES.register("l1")
+class L1(Penalty):
+    """L1 on the shared representation of the end-task pass and of every auxiliary pass.
+
+    Reference: Kulkarni, Dery et al. 2023 (arXiv 2312.03151) eq. 1 and the released code (METHODS.md §1.1):
+    |H|_1 / numel(H of the first batch), cached per pass, summed over passes.
+    """
+
+    HParams = L1HParams
+
+    def __init__(self, hparams: L1HParams, backbone: Backbone, info: DataInfo) -> None:
+        super().__init__(hparams, backbone, info)
+        self.normalizers: dict[str, int] = {}
+
+    def _target(self, out: Outputs) -> Tensor:
+        if out.tokens is None:
+            return out.pooled
+        return out.tokens if self.hparams.target == "all_tokens" else out.tokens[:, 0]
+
+    def loss(self, reps: dict[str, Outputs]) -> Tensor:
+        total = None
+        for key, out in reps.items():
+            h = self._target(out)
+            if self.hparams.normalizer == "first_batch":
+                norm = self.normalizers.setdefault(key, h.numel())
+            else:
+                norm = h.numel()
+            term = h.float().abs().sum() / norm
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    # The cached normalizers are state: a resumed run must keep dividing by the same numbers.
+    def get_extra_state(self) -> Any:
+        return dict(self.normalizers)
+
+    def set_extra_state(self, state: Any) -> None:
+        self.normalizers = dict(state or {})

@@ -1,0 +1,55 @@
+"""Reconstruction auxiliary task: decode the input from the shared representation (synthetic experiment)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones.base import Backbone
+from ..data.base import DataInfo
+from ..hparams import Choice, hp
+from ..registry import OBJECTIVES
+from ..types import Batch, Outputs
+from .base import AuxiliaryTask
+
+if TYPE_CHECKING:
+    from ..model import Model
+
+
+@dataclass(frozen=True)
+class ReconHParams:
+    weight: float = hp(1.0, Choice((round(1 / math.e, 4), 1.0, round(math.e, 4))), help="w_aux")
+    unit_decoder: bool = hp(True, help="project each decoder column to unit L2 norm after every step; without "
+                                       "it the decoder rescales to undo a penalty on the shared layer")
+
+
+@OBJECTIVES.register("recon")
+class Recon(AuxiliaryTask):
+    """Reconstruct the (flattened) input from the pooled shared representation with a linear decoder, MSE.
+
+    Reference: the auxiliary task of the synthetic experiment of arXiv 2312.03151 (Fig. 4), as reconstructed
+    in METHODS.md §4.2-4.3 [RECON: the paper's exact aux target is not published].
+    """
+
+    HParams = ReconHParams
+    modalities = ("tabular", "image")
+
+    def __init__(self, hparams: ReconHParams, backbone: Backbone, info: DataInfo) -> None:
+        super().__init__(hparams, backbone, info)
+        self.decoder = nn.Linear(backbone.out_dim, math.prod(info.input_shape))
+        self.post_step()
+
+    def loss(self, model: "Model", batch: Batch, outputs: Outputs) -> tuple[Tensor, list[Outputs]]:
+        rep = model(batch.x, heads=False)
+        recon = self.decoder(rep.pooled)
+        return F.mse_loss(recon.float(), batch.x.flatten(1).float()), [rep]
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        if self.hparams.unit_decoder:
+            w = self.decoder.weight  # [input_dim, D]: column j decodes representation unit j
+            w.div_(w.norm(dim=0, keepdim=True).clamp_min(1e-12))

@@ -1,0 +1,36 @@
+"""The model-selection contract: pick one evaluation record (epoch) post hoc from metrics.jsonl."""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+
+def best_with_patience(values: list[float], patience: int) -> int:
+    """Index of the best value, re-simulating early stopping on this metric alone.
+
+    Strict improvement (`>`, first best wins ties), as the released code; training on this metric
+    alone would have stopped after `patience` epochs without improvement (0 = never).
+    """
+    best_i, best, stale = -1, -math.inf, 0
+    for i, v in enumerate(values):
+        if v is not None and not math.isnan(v) and v > best:
+            best_i, best, stale = i, v, 0
+        else:
+            stale += 1
+            if patience and stale >= patience:
+                break
+    return max(best_i, 0)
+
+
+class Selection:
+    """A protocol that chooses the checkpoint (epoch) to report from one run's records."""
+
+    metric: ClassVar[str]
+    oracle: ClassVar[bool] = False
+    uses_val_groups: ClassVar[bool] = False
+    label: ClassVar[str] = ""
+
+    def select(self, records: list[dict[str, Any]], patience: int) -> int:
+        """Index into `records` of the chosen evaluation."""
+        return best_with_patience([r.get(self.metric, math.nan) for r in records],
+                                  0 if self.oracle else patience)

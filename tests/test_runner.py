@@ -1,0 +1,116 @@
+"""The runner end to end on the embedded synthetic data: determinism, resume, failures, bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from robustbench_mtl.config import RunSpec
+from robustbench_mtl.errors import ConfigError, RunFailedError
+from robustbench_mtl.results import TIMING_KEYS, read_jsonl
+from robustbench_mtl.runner import run
+
+SHORT = ("train.epochs=6",)
+
+
+def _records(out: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_jsonl(out / "metrics.jsonl")]
+
+
+def test_run_writes_the_run_directory(tmp_path: Path) -> None:
+    res = run(RunSpec("synthetic", "mt_l1", aux=("recon",), overrides=SHORT), tmp_path / "r")
+    out = res.out_dir
+    config = json.loads((out / "config.json").read_text())
+    assert config["objectives"] == ["recon", "l1"]
+    assert config["components"]["algorithm"]["dist"] == "robustbench-mtl"
+    assert config["provenance"]["versions"]["torch"]
+    assert config["data"]["fingerprint"] and config["data"]["sizes"] == {"train": 1000, "val": 1000, "test": 2000}
+    recs = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in recs] == list(range(6))
+    assert {"val/worst_group_acc", "test/avg_acc", "test/group_acc@y1_s0", "train/loss_recon"} <= set(recs[0])
+    final = json.loads((out / "final.json").read_text())
+    assert set(final["selections"]) == {"val_worst_group", "val_avg", "val_worst_class", "oracle_worst_group"}
+    for sel in final["selections"].values():
+        rec = recs[sel["epoch"]]
+        assert sel["test"]["worst_group_acc"] == rec["test/worst_group_acc"]
+        assert (out / sel["weights"]).exists()
+    assert final["selections"]["oracle_worst_group"]["oracle"] is True
+    again = run(RunSpec("synthetic", "mt_l1", aux=("recon",), overrides=SHORT), out)
+    assert again.already_finished and again.final == final
+
+
+def test_same_config_same_metrics(tmp_path: Path) -> None:
+    spec = RunSpec("synthetic", "mt_l1", aux=("recon",), seed=3, overrides=SHORT)
+    a, b = run(spec, tmp_path / "a").out_dir, run(spec, tmp_path / "b").out_dir
+    assert _records(a) == _records(b)
+    c = run(RunSpec("synthetic", "mt_l1", aux=("recon",), seed=4, overrides=SHORT), tmp_path / "c").out_dir
+    assert _records(c) != _records(a)
+
+
+def _cli(*args: str, cwd: Path) -> list[str]:
+    return [sys.executable, "-m", "robustbench_mtl", "run", *args]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    # 4000 training points = 80 steps an epoch, so a kill lands inside an epoch.
+    args = ["--algo", "mt_l1", "--aux", "recon", "--data", "synthetic", "--set", "data.n_train=4000",
+            "--set", "train.epochs=12", "--quiet", "--threads", "1"]
+    clean = subprocess.run(_cli(*args, "--out", "clean", cwd=tmp_path), cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+    assert clean.returncode == 0, clean.stderr
+    proc = subprocess.Popen(_cli(*args, "--out", "killed", cwd=tmp_path), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_jsonl(metrics)) < 3:
+        time.sleep(0.02)
+    time.sleep(0.05)  # well inside the next epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 3 <= len(read_jsonl(metrics)) < 12, "the kill must land before the run finished"
+    assert not (tmp_path / "killed" / "final.json").exists()
+    resumed = subprocess.run(_cli(*args, "--out", "killed", "--json", cwd=tmp_path), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    final_clean = json.loads((tmp_path / "clean" / "final.json").read_text())
+    final_resumed = json.loads((tmp_path / "killed" / "final.json").read_text())
+    assert final_resumed["resumed_from_epoch"] is not None
+    assert final_resumed["selections"] == final_clean["selections"]
+    assert _records(tmp_path / "killed") == _records(tmp_path / "clean")
+
+
+def test_non_finite_loss_fails_the_run(tmp_path: Path) -> None:
+    spec = RunSpec("synthetic", "erm", overrides=("backbone.norm=none", "model.head_norm=0", "train.lr=1e30",
+                                                  "train.optimizer=sgd"))
+    with pytest.raises(RunFailedError, match="non-finite loss"):
+        run(spec, tmp_path / "r")
+    assert not (tmp_path / "r" / "final.json").exists()
+    assert json.loads((tmp_path / "r" / "failed.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("spec, message", [
+    (RunSpec("synthetic", "mt_l1x"), "unknown algorithm 'mt_l1x'; did you mean mt_l1"),
+    (RunSpec("synthetic", "mt_l1", aux=("mim",)), "objective 'mim' needs image inputs"),
+    (RunSpec("toybirds", "mt_l1", aux=("recon",), backbone="mlp"), "backbone 'mlp' reads tabular inputs"),
+    (RunSpec("synthetic", "mt_l1"), "needs an auxiliary objective: pass --aux with one of recon"),
+    (RunSpec("synthetic", "erm", overrides=("train.lr=fast",)), "train.lr expects a number"),
+    (RunSpec("synthetic", "erm", device="cuda:7" if not __import__("torch").cuda.is_available() else "bogus"),
+     "device"),
+])
+def test_bad_input_is_one_error_and_writes_nothing(tmp_path: Path, spec: RunSpec, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run(spec, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_dir_holding_another_run_is_refused(tmp_path: Path) -> None:
+    run(RunSpec("synthetic", "erm", overrides=("train.epochs=1",)), tmp_path / "r")
+    with pytest.raises(ConfigError, match="holds a different run"):
+        run(RunSpec("synthetic", "erm", overrides=("train.epochs=2",)), tmp_path / "r")
