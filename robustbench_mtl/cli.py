@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,7 +28,7 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except RobustbenchError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
     return wrapper
@@ -89,7 +90,7 @@ class RichReporter:
               help="run directory; default runs/<data>/<method>-<backbone>-s<seed>-<hash>")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its own config.json")
-@click.option("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+@click.option("--threads", type=int, default=0, help="torch CPU threads; 0 = auto (1 for tabular data on CPU, else all cores)")
 @click.option("--json", "as_json", is_flag=True, help="print final.json to stdout")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_fail_cleanly
@@ -97,25 +98,22 @@ def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone:
         hparams_seed: int, preset: str | None, overrides: tuple[str, ...], out_dir: Path | None, device: str,
         resume: bool, threads: int, as_json: bool, quiet: bool) -> None:
     """Train and evaluate one configuration; prints where its results are."""
-    import torch
-
     from .config import RunSpec
     from .errors import ConfigError
     from .results import CONFIG, read_json
     from .runner import run as run_fn
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     if resume:
         if out_dir is None or not (out_dir / CONFIG).exists():
             raise ConfigError("--resume needs --out pointing at a run directory that holds config.json")
-        spec = RunSpec.from_json(read_json(out_dir / CONFIG)["spec"])
+        spec = RunSpec.from_json({**read_json(out_dir / CONFIG)["spec"], "threads": threads})
     else:
         if not algorithm or not data:
             raise ConfigError("run needs --algo and --data (or --resume --out DIR); see `robustbench-mtl run -h`")
         aux_names = tuple(a.strip() for item in aux for a in item.split(",") if a.strip())
         spec = RunSpec(data=data, algorithm=algorithm, aux=aux_names, backbone=backbone, seed=seed,
-                       hparams_seed=hparams_seed, preset=preset, overrides=overrides, device=device)
+                       hparams_seed=hparams_seed, preset=preset, overrides=overrides, device=device,
+                       threads=threads)
     result = run_fn(spec, out_dir, None if quiet or as_json else RichReporter())
     if as_json:
         _print_json(result.final)
@@ -124,6 +122,21 @@ def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone:
         err.print(f"already finished: {result.out_dir} (nothing was retrained)")
     _print_summary(result.final)
     out.print(f"results: [bold]{result.out_dir}[/] (config.json, metrics.jsonl, final.json)")
+
+
+@main.command()
+@click.argument("dataset")
+@click.option("--root", type=click.Path(path_type=Path), required=True, help="data root to download into")
+@_fail_cleanly
+def prepare(dataset: str, root: Path) -> None:
+    """Download DATASET's files into --root with its maintained downloader, verify them, print the dir."""
+    from .errors import ConfigError
+    from .registry import DATASETS
+
+    prepare_fn = getattr(DATASETS.get(dataset), "prepare", None)
+    if prepare_fn is None:
+        raise ConfigError(f"dataset '{dataset}' is embedded: nothing to prepare")
+    click.echo(str(prepare_fn(root)))
 
 
 def _print_summary(final: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ class RunSpec:
     preset: str | None = None
     overrides: tuple[str, ...] = ()
     device: str = "auto"
+    threads: int = 0  # CPU threads; 0 = auto (see runner.set_threads). Not part of a run's identity.
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,6 +160,8 @@ def resolve(spec: RunSpec) -> Resolved:
         "train": TrainHParams, "model": ModelHParams, **{o: c.HParams for o, c in obj_classes.items()},
     }
     defaults = _dotted_layer(dict(data_cls.defaults), f"defaults of dataset '{spec.data}'")
+    if backbone != data_cls.default_backbone:  # the dataset's backbone settings are for its own backbone
+        defaults.pop("backbone", None)
     preset = _dotted_layer(load_preset(spec.preset, data_cls, spec.data), "preset") if spec.preset else {}
     explicit: dict[str, dict[str, Any]] = {}
     for text in spec.overrides:

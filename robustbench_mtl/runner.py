@@ -53,6 +53,16 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
 
 
+def set_threads(device: torch.device, threads: int, modality: str) -> None:
+    """`threads` > 0 sets torch's CPU threads. By default tabular models on CPU use one thread: their ops
+    are too small to split, and torch's spinning worker threads slow them many times over on a busy
+    machine; image and text models keep torch's default (all cores)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif device.type == "cpu" and modality == "tabular":
+        torch.set_num_threads(1)
+
+
 def default_out_dir(r: Resolved) -> Path:
     method = "+".join([r.spec.algorithm, *r.spec.aux])
     return Path("runs") / r.spec.data / f"{method}-{r.backbone}-s{r.spec.seed}-{r.digest()}"
@@ -92,7 +102,7 @@ def evaluate(algo: Algorithm, split: TensorSplit, name: str, r: Resolved) -> dic
     bs = r.hparams["train"].eval_batch_size
     logits: dict[str, list[torch.Tensor]] = {t: [] for t in r.info.tasks}
     for start in range(0, len(split), bs):
-        out = algo.predict(split.x[start:start + bs])
+        out = algo.predict(split.inputs(slice(start, start + bs)))
         for t in logits:
             logits[t].append(out[t])
     full = {t: torch.cat(v) for t, v in logits.items()}
@@ -211,6 +221,7 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
     """Train and evaluate one configuration into `out_dir`; resume if it holds a checkpoint."""
     r = resolve(spec)
     device = pick_device(spec.device)
+    set_threads(device, spec.threads, r.info.modality)
     out = Path(out_dir) if out_dir is not None else default_out_dir(r)
     state = _check_out_dir(out, r)
     if state == "done":

@@ -87,11 +87,9 @@ class Algorithm(nn.Module):
 
     def task_losses(self, out: Outputs, batch: Batch) -> Tensor:
         """Per-example cross-entropy summed over tasks; labels < 0 (missing) contribute nothing."""
-        total = torch.zeros(len(batch), device=batch.x.device)
-        for task, logits in out.logits.items():
-            y = batch.y[task]
-            total = total + F.cross_entropy(logits.float(), y.clamp_min(0), reduction="none") * (y >= 0)
-        return total
+        losses = [F.cross_entropy(logits.float(), batch.y[task], ignore_index=-1, reduction="none")
+                  for task, logits in out.logits.items()]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).sum(0)
 
     def objective_terms(self, batch: Batch, aux_batch: Batch | None, out: Outputs) -> dict[str, Tensor]:
         """Unweighted loss of every objective: auxiliary tasks first, then penalties over all passes."""
@@ -113,7 +111,9 @@ class Algorithm(nn.Module):
         out = self.model(batch.x)
         task = self.aggregate(self.task_losses(out, batch), batch)
         terms = self.objective_terms(batch, aux_batch, out)
-        total = task + sum((self.model.objectives[n].weight * t for n, t in terms.items()), task.new_zeros(()))
+        total = task
+        for name, term in terms.items():
+            total = total + self.model.objectives[name].weight * term
         return total, {"loss_task": task, **{f"loss_{n}": t for n, t in terms.items()}}
 
     def step(self, total: Tensor) -> None:
@@ -128,7 +128,8 @@ class Algorithm(nn.Module):
 
     def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
         """One optimizer step; returns the scalar losses of this step."""
-        self.model.train()
+        if not self.model.training:  # evaluation switched to eval mode; a full .train() walk costs per step
+            self.model.train()
         with self._ctx():
             total, parts = self.compute_loss(batch, aux_batch)
         values = torch.stack([total.detach().float(), *(p.detach().float() for p in parts.values())]).tolist()

@@ -24,6 +24,10 @@ class Backbone(nn.Module, abc.ABC):
     supports_masking: ClassVar[bool] = False
     has_tokens: ClassVar[bool] = False
     out_dim: int
+    # Declared by backbones with `supports_masking`: patch side, patches per side, input channels.
+    patch_size: int
+    grid: int
+    num_channels: int
 
     def __init__(self, hparams: Any, info: DataInfo) -> None:
         super().__init__()
@@ -38,6 +42,10 @@ class Backbone(nn.Module, abc.ABC):
                 f"backbone '{name}' reads {'/'.join(cls.modalities)} inputs but dataset '{info.name}' is "
                 f"{info.modality}; pick another with --backbone (see `robustbench-mtl list backbones`)"
             )
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """What the network reads for input `x` (masked-modelling targets use it); identity by default."""
+        return x
 
     @abc.abstractmethod
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Outputs:

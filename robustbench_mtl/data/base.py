@@ -16,6 +16,8 @@ from ..results import atomic_torch_save
 from ..types import Batch
 
 SPLITS = ("train", "val", "test")
+# Waterbirds' groups (label x background, g = 2 * y + place); the toybirds stand-in uses the same names.
+WATERBIRDS_GROUPS = ("landbird_land", "landbird_water", "waterbird_land", "waterbird_water")
 Modality = Literal["tabular", "image", "text"]
 
 
@@ -31,9 +33,14 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.g.shape[0])
 
+    def inputs(self, idx: Tensor | slice) -> Tensor:
+        """Float inputs at `idx`; uint8 images (stored that way to save memory) are scaled to [0, 1]."""
+        x = self.x[idx]
+        return x.float().div_(255) if x.dtype == torch.uint8 else x
+
     def batch(self, idx: Tensor) -> Batch:
         """The examples at `idx` (a LongTensor on the split's device)."""
-        return Batch(self.x[idx], {k: v[idx] for k, v in self.y.items()}, self.g[idx], self.e[idx], idx)
+        return Batch(self.inputs(idx), {k: v[idx] for k, v in self.y.items()}, self.g[idx], self.e[idx], idx)
 
     def to(self, device: torch.device | str) -> "TensorSplit":
         return TensorSplit(self.x.to(device), {k: v.to(device) for k, v in self.y.items()},

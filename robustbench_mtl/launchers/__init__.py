@@ -1,1 +1,1 @@
-"""Launchers: one module per registered name (see base.py for the contract)."""
+"""Sweep launchers (local, Slurm, Ray); plugins may register more. One module per registered name."""

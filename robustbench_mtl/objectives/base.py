@@ -14,6 +14,9 @@ from ..types import Batch, Outputs
 if TYPE_CHECKING:
     from ..model import Model
 
+# The paper's search grid for objective weights: e^k, k in {-1, 0, 1} (METHODS.md §1.1).
+PAPER_WEIGHT_GRID = (0.3679, 1.0, 2.7183)
+
 
 class Objective(nn.Module, abc.ABC):
     """A weighted loss term added to the end-task loss; its HParams must have a `weight` field.

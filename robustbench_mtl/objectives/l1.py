@@ -1,7 +1,6 @@
 """L1 penalty: mean absolute activation of the shared representation (paper eq. 1)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -12,14 +11,11 @@ from ..data.base import DataInfo
 from ..hparams import Choice, hp
 from ..registry import OBJECTIVES
 from ..types import Outputs
-from .base import Penalty
-
-_E = round(math.e, 4)
-
+from .base import PAPER_WEIGHT_GRID, Penalty
 
 @dataclass(frozen=True)
 class L1HParams:
-    weight: float = hp(round(1 / math.e, 4), Choice((round(1 / math.e, 4), 1.0, _E)),
+    weight: float = hp(PAPER_WEIGHT_GRID[0], Choice(PAPER_WEIGHT_GRID),
                        help="w_reg; the paper's grid is e^k, k in {-1, 0, 1}")
     target: Literal["all_tokens", "cls"] = hp(
         "all_tokens", help="all_tokens: the whole final-layer sequence (released code); cls: the pooled/CLS vector")

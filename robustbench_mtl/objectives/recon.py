@@ -14,7 +14,7 @@ from ..data.base import DataInfo
 from ..hparams import Choice, hp
 from ..registry import OBJECTIVES
 from ..types import Batch, Outputs
-from .base import AuxiliaryTask
+from .base import PAPER_WEIGHT_GRID, AuxiliaryTask
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ReconHParams:
-    weight: float = hp(1.0, Choice((round(1 / math.e, 4), 1.0, round(math.e, 4))), help="w_aux")
+    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), help="w_aux")
     unit_decoder: bool = hp(True, help="project each decoder column to unit L2 norm after every step; without "
                                        "it the decoder rescales to undo a penalty on the shared layer")
 

@@ -1,0 +1,227 @@
+"""The waterbirds reader on tiny fixtures in both official layouts: labels, groups, cache, errors, prepare, a run."""
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from robustbench_mtl.cli import main
+from robustbench_mtl.config import RunSpec
+from robustbench_mtl.data import waterbirds as wb
+from robustbench_mtl.errors import ConfigError, DataNotFoundError
+from robustbench_mtl.registry import DATASETS
+from robustbench_mtl.runner import run
+
+GROUP_DRO = "waterbird_complete95_forest2water2"
+# (species folder, file stem) per label: real CUB names, waterbird = 1.
+SPECIES = {0: ("013.Bobolink", "Bobolink_0001_9261"),
+           1: ("001.Black_footed_Albatross", "Black_Footed_Albatross_0046_18")}
+PLACES = {0: "/b/bamboo_forest/00001234.jpg", 1: "/o/ocean/00002195.jpg"}
+FIX = "robustbench-mtl prepare waterbirds"
+
+
+def write_fixture(data_dir: Path, per_group: int = 2) -> pd.DataFrame:
+    """`per_group` images per group per split; green channel 200 on water, 50 on land, red = 10 * row."""
+    rows = []
+    for split in range(3):
+        for y in (0, 1):
+            for place in (0, 1):
+                for k in range(per_group):
+                    folder, stem = SPECIES[y]
+                    rows.append({"img_filename": f"{folder}/{stem}_{split}{place}{k}.jpg", "y": y, "split": split,
+                                 "place": place, "place_filename": PLACES[place]})
+    meta = pd.DataFrame(rows)
+    for i, r in meta.iterrows():
+        (data_dir / r.img_filename).parent.mkdir(parents=True, exist_ok=True)
+        colour = (10 * int(i), 200 if r.place else 50, 100)
+        Image.new("RGB", (40, 30), colour).save(data_dir / r.img_filename, quality=95)
+    # As generate_waterbirds.py writes it: img_id (1-based, CUB's) is the index, saved as the first column.
+    meta.index = pd.RangeIndex(1, len(meta) + 1, name="img_id")
+    meta.to_csv(data_dir / "metadata.csv")
+    return meta
+
+
+def make(root: Path | None = None, size: int = 16) -> wb.Waterbirds:
+    cls = DATASETS.get("waterbirds")
+    kw = {} if root is None else {"root": str(root)}
+    return cls(cls.HParams(image_size=size, **kw), "waterbirds")
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "data" / wb.WILDS_DIR).mkdir(parents=True)
+    write_fixture(tmp_path / "data" / wb.WILDS_DIR)
+    return tmp_path / "data"
+
+
+def test_metadata_has_official_columns(root: Path) -> None:
+    header = (root / wb.WILDS_DIR / "metadata.csv").read_text().splitlines()[0]
+    assert header == "img_id,img_filename,y,split,place,place_filename"
+
+
+@pytest.mark.parametrize("layout", wb.LAYOUTS)
+def test_layouts_load(tmp_path: Path, layout: str) -> None:
+    (tmp_path / layout).mkdir(parents=True)
+    write_fixture(tmp_path / layout)
+    ds = make(tmp_path)
+    splits = ds.load()
+    assert ds.data_dir == tmp_path / layout
+    for s in splits.values():
+        assert s.x.shape == (8, 3, 16, 16) and s.x.dtype == torch.uint8
+        place = (s.x[:, 1].float().mean((1, 2)) > 128).long()  # the green channel encodes the background
+        assert torch.equal(s.g, 2 * s.y["y"] + place)
+        assert s.y["y"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and s.e.tolist() == [0] * 8
+        assert 0.0 <= float(s.inputs(slice(None)).min()) and float(s.inputs(slice(None)).max()) <= 1.0
+    assert ds.group_counts() == {k: (2, 2, 2, 2) for k in ("train", "val", "test")}
+    assert not ds.is_full_release()  # a subset loads; its counts are recorded, not rejected
+    assert ds.info().input_shape == (3, 16, 16)
+
+
+def test_rows_keep_metadata_order(root: Path) -> None:
+    red = make(root).load()["val"].x[:, 0].float().mean((1, 2))
+    assert torch.allclose(red, torch.arange(8, 16).float() * 10, atol=4)  # val is rows 8..15
+
+
+def test_wilds_layout_searched_first(root: Path) -> None:
+    (root / GROUP_DRO).mkdir()
+    write_fixture(root / GROUP_DRO, per_group=1)
+    assert make(root).data_dir == root / wb.WILDS_DIR
+
+
+def test_env_var_replaces_default_root(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROBUSTBENCH_MTL_DATA", str(root))
+    assert make().data_dir == root / wb.WILDS_DIR and len(make().load()["train"]) == 8
+    with pytest.raises(DataNotFoundError):  # an explicit root wins over the variable
+        make(tmp_path / "elsewhere").load()
+
+
+def test_cache_reused_and_keyed_by_files(root: Path, monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    first = make(root).load()
+    assert capsys.readouterr().out == ""  # loading shows nothing on stdout
+    path = make(root)._cache_path()
+    assert path.exists()
+    monkeypatch.setattr(wb, "decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    assert torch.equal(make(root).load()["test"].x, first["test"].x)
+    meta = pd.read_csv(root / wb.WILDS_DIR / "metadata.csv")
+    meta.loc[0, "y"] = 1
+    meta.to_csv(root / wb.WILDS_DIR / "metadata.csv", index=False)
+    assert make(root)._cache_path() != path
+
+
+def rewrite(root: Path, edit) -> None:
+    path = root / wb.WILDS_DIR / "metadata.csv"
+    edit(pd.read_csv(path)).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m.drop(columns=["place", "y"]), "lacks the column(s) y, place"),
+    (lambda m: m.assign(split=m.split.replace(2, 3)), "split value(s) outside {0, 1, 2}"),
+    (lambda m: m.assign(y=m.y.replace(1, 2)), "y value(s) outside {0, 1}"),
+    (lambda m: m.assign(place=m.place.astype(str).replace("1", "water")), "place value(s) outside {0, 1}"),
+    (lambda m: m[m.split != 1], "no val rows"),
+])
+def test_bad_metadata(root: Path, edit, needle: str) -> None:
+    rewrite(root, edit)
+    with pytest.raises(DataNotFoundError) as exc:
+        make(root).load()
+    msg = str(exc.value)
+    assert needle in msg and f"{FIX} --root {root}" in msg and "\n" not in msg
+
+
+def test_no_metadata_and_missing_images(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataNotFoundError, match=f"no metadata.csv found.*{FIX} --root"):
+        make(tmp_path / "empty").load()
+    meta = pd.read_csv(root / wb.WILDS_DIR / "metadata.csv")
+    for name in meta.img_filename[3:5]:
+        (root / wb.WILDS_DIR / name).unlink()
+    with pytest.raises(DataNotFoundError) as exc:
+        make(root).load()
+    assert "2 of 24 images" in str(exc.value) and f"(first: {meta.img_filename[3]})" in str(exc.value)
+    assert FIX in str(exc.value)
+
+
+def test_undecodable_image(root: Path) -> None:
+    name = pd.read_csv(root / wb.WILDS_DIR / "metadata.csv").img_filename[0]
+    (root / wb.WILDS_DIR / name).write_bytes(b"<html>quota exceeded</html>")  # a failed download's page
+    with pytest.raises(DataNotFoundError, match=f"{name} cannot be decoded.*delete .*{FIX}"):
+        make(root).load()
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_error_line(res, needle: str) -> None:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def test_cli_run_without_data(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "X"
+    res = invoke("run", "--algo", "erm", "--data", "waterbirds", "--set", f"data.root={tmp_path / 'empty'}",
+                 "--out", str(out))
+    one_error_line(res, FIX)
+    assert not out.exists()
+
+
+def test_cli_prepare_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    one_error_line(invoke("prepare", "toybirds", "--root", str(tmp_path)), "dataset 'toybirds' is embedded")
+    monkeypatch.setitem(sys.modules, "wilds", None)  # import wilds now raises ImportError
+    one_error_line(invoke("prepare", "waterbirds", "--root", str(tmp_path)), "needs the wilds package: pip install")
+    with pytest.raises(ConfigError, match=re.escape("pip install 'robustbench-mtl[data]'")):
+        wb.Waterbirds.prepare(tmp_path)
+
+
+def test_cli_prepare_install_hint_verbatim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wilds", None)
+    one_error_line(invoke("prepare", "waterbirds", "--root", str(tmp_path)), "pip install 'robustbench-mtl[data]'")
+
+
+def test_prepare_present_data_needs_no_wilds(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "wilds", None)
+    assert wb.Waterbirds.prepare(root) == root / wb.WILDS_DIR
+
+
+def fake_wilds(monkeypatch: pytest.MonkeyPatch, download) -> None:
+    def get_dataset(dataset: str, download: bool, root_dir: str) -> None:
+        print("Downloading dataset to", root_dir)  # WILDS prints progress on stdout
+        fill(Path(root_dir) / wb.WILDS_DIR)
+
+    fill = download
+    monkeypatch.setitem(sys.modules, "wilds", types.SimpleNamespace(get_dataset=get_dataset))
+
+
+def test_prepare_verifies_the_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def partial(d: Path) -> None:  # what a swallowed download error leaves behind
+        d.mkdir(parents=True)
+        (d / "RELEASE_v1.0.txt").write_text("")
+
+    fake_wilds(monkeypatch, partial)
+    with pytest.raises(DataNotFoundError, match=r"metadata.csv is missing.*delete .* and retry: " + FIX):
+        wb.Waterbirds.prepare(tmp_path / "a")
+
+    def complete(d: Path) -> None:
+        partial(d)
+        write_fixture(d, per_group=1)
+
+    fake_wilds(monkeypatch, complete)
+    res = invoke("prepare", "waterbirds", "--root", str(tmp_path / "b"))
+    assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "b" / wb.WILDS_DIR), res.output
+
+
+@pytest.mark.slow
+def test_one_epoch_run(root: Path, tmp_path: Path) -> None:
+    spec = RunSpec("waterbirds", "erm", overrides=(f"data.root={root}", "data.image_size=32", "backbone.patch_size=8",
+                                                   "train.epochs=1", "train.batch_size=8"), device="cpu")
+    result = run(spec, out_dir=tmp_path / "run")
+    assert (tmp_path / "run" / "final.json").exists() and result.final["epochs_run"] == 1
