@@ -211,11 +211,15 @@ def show(kind: str, name: str, as_json: bool) -> None:
 @click.argument("runs_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="write <dataset>.md and <dataset>.json here instead of printing")
+@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON instead of Markdown")
 @_fail_cleanly
-def leaderboard(runs_dir: Path, out_dir: Path | None) -> None:
+def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool) -> None:
     """Markdown leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR."""
-    from .leaderboard import leaderboard_markdown, write_leaderboards
+    from .leaderboard import checked_rows, leaderboard_markdown, write_leaderboards
 
+    if as_json and out_dir is None:
+        _print_json(checked_rows(runs_dir))
+        return
     if out_dir is None:
         click.echo(leaderboard_markdown(runs_dir))
         return

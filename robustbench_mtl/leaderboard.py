@@ -162,7 +162,7 @@ def render_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
     return "\n".join(lines)
 
 
-def _checked_rows(runs_dir: Path) -> list[dict[str, Any]]:
+def checked_rows(runs_dir: Path) -> list[dict[str, Any]]:
     """Rows, or a ConfigError saying why there are none and what to do."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -177,7 +177,7 @@ def _checked_rows(runs_dir: Path) -> list[dict[str, Any]]:
 
 def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Write `<dataset>.md` and `<dataset>.json` (the rows) per dataset into out_dir; return the paths."""
-    rows = _checked_rows(runs_dir)
+    rows = checked_rows(runs_dir)
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         md, js = Path(out_dir) / f"{dataset}.md", Path(out_dir) / f"{dataset}.json"
@@ -189,8 +189,8 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
 
 def leaderboard_markdown(runs_dir: Path) -> str:
     """Every dataset's table, one after another (for printing)."""
-    rows = _checked_rows(runs_dir)
+    rows = checked_rows(runs_dir)
     return "\n".join(render_markdown(rows, d) for d in sorted({r["dataset"] for r in rows}))
 
 
-__all__ = ["collect_rows", "render_markdown", "write_leaderboards", "leaderboard_markdown"]
+__all__ = ["collect_rows", "checked_rows", "render_markdown", "write_leaderboards", "leaderboard_markdown"]
