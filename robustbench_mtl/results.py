@@ -58,16 +58,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(Path(path), lambda fh: torch.save(obj, fh))
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one record and fsync it, so a kill leaves whole lines only (a torn tail is dropped on read)."""
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(dumps(record, indent=None) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete records; a last line cut short by a kill is ignored."""
+    """All complete records (a line that does not parse ends the read)."""
     if not Path(path).exists():
         return []
     out = []

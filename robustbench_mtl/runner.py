@@ -19,8 +19,7 @@ from .metrics import split_metrics
 from .model import Model
 from .objectives.base import AuxiliaryTask
 from .provenance import provenance
-from .results import CHECKPOINT, CONFIG, FINAL, METRICS, append_jsonl, atomic_write_json, read_json, \
-    read_jsonl, rewrite_jsonl
+from .results import CHECKPOINT, CONFIG, FINAL, METRICS, atomic_write_json, read_json, read_jsonl, rewrite_jsonl
 from .selection import select_all, selected_model_path, save_selected_models
 
 
@@ -129,6 +128,7 @@ class _Trainer:
         has_aux = any(isinstance(o, AuxiliaryTask) for o in self.algo.model.objectives.values())
         self.aux = AuxStream(train, self.t.aux_batch_size or self.t.batch_size, r.spec.seed) if has_aux else None
         self.epoch, self.global_step = 0, 0
+        self.records: list[dict[str, Any]] = []
         self.stopper = {"best_wg": float("-inf"), "best_avg": float("-inf"), "stale_wg": 0, "stale_avg": 0}
 
     def restore(self) -> int:
@@ -142,7 +142,8 @@ class _Trainer:
         self.epoch, self.global_step, self.stopper = state["epoch"] + 1, state["global_step"], state["stopper"]
         ckpt.set_rng_state(state["rng"])
         # Epochs evaluated after the checkpoint are trained again, so their records go.
-        rewrite_jsonl(self.out / METRICS, [x for x in read_jsonl(self.out / METRICS) if x["epoch"] <= state["epoch"]])
+        self.records = [x for x in read_jsonl(self.out / METRICS) if x["epoch"] <= state["epoch"]]
+        rewrite_jsonl(self.out / METRICS, self.records)
         return state["epoch"]
 
     def save(self) -> None:
@@ -188,8 +189,10 @@ class _Trainer:
             rec.update(evaluate(self.algo, self.test, "test", self.r))
             stop = self.should_stop(rec)
             rec["time/epoch_s"], rec["time/eval_s"] = time.perf_counter() - t0, time.perf_counter() - t1
-            append_jsonl(self.out / METRICS, rec)
-            save_selected_models(self.out, read_jsonl(self.out / METRICS), self.t.patience, self.algo.model)
+            self.records.append(rec)
+            # The whole file is rewritten atomically: a reader never sees a torn record.
+            rewrite_jsonl(self.out / METRICS, self.records)
+            save_selected_models(self.out, self.records, self.t.patience, self.algo.model)
             self.save()
             self.reporter.epoch_end(self.epoch, rec)
             self.epoch += 1
@@ -235,7 +238,7 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
         else:
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / CONFIG, _config_json(r, device))
-            (out / METRICS).unlink(missing_ok=True)
+            rewrite_jsonl(out / METRICS, [])
             trainer.algo.setup(trainer.train)
         t0 = time.perf_counter()
         stopped = trainer.loop()
@@ -245,7 +248,7 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
         raise RunFailedError(f"run failed at epoch {trainer.epoch}: {exc} (details in {out / 'failed.json'})") from None
     finally:
         reporter.close()
-    records = read_jsonl(out / METRICS)
+    records = trainer.records
     final = {"status": "finished", "epochs_run": len(records), "stopped_early": stopped,
              "selection_patience": trainer.t.patience, "resumed_from_epoch": resumed,
              "time_s_this_session": time.perf_counter() - t0,

@@ -68,7 +68,7 @@ class SimCLR(AuxiliaryTask):
             raise ConfigError(f"objective 'simclr' needs images shaped (C, H, W); dataset '{info.name}' has "
                               f"inputs shaped {tuple(info.input_shape)}")
         if hparams.temperature <= 0:
-            raise ConfigError(f"objective.temperature must be > 0, got {hparams.temperature}")
+            raise ConfigError(f"simclr.temperature must be > 0, got {hparams.temperature}")
         dim = hparams.proj_dim or backbone.out_dim
         self.projection = nn.Sequential(nn.Linear(backbone.out_dim, dim), nn.GELU())
         self.augment = self._augmentations(*info.input_shape)
