@@ -114,3 +114,29 @@ def test_out_dir_holding_another_run_is_refused(tmp_path: Path) -> None:
     run(RunSpec("synthetic", "erm", overrides=("train.epochs=1",)), tmp_path / "r")
     with pytest.raises(ConfigError, match="holds a different run"):
         run(RunSpec("synthetic", "erm", overrides=("train.epochs=2",)), tmp_path / "r")
+
+
+def test_aux_composes_with_any_algorithm(tmp_path: Path) -> None:
+    res = run(RunSpec("synthetic", "erm", aux=("recon",), overrides=("train.epochs=2",)), tmp_path / "r")
+    config = json.loads((res.out_dir / "config.json").read_text())
+    assert config["objectives"] == ["recon"]
+    assert "train/loss_recon" in read_jsonl(res.out_dir / "metrics.jsonl")[0]
+
+
+def test_training_groups_are_hidden_from_group_free_algorithms(tmp_path: Path) -> None:
+    from robustbench_mtl.algorithms.base import Algorithm
+    from robustbench_mtl.registry import ALGORITHMS
+
+    seen: dict[str, set[int]] = {"end": set(), "aux": set()}
+
+    class Spy(Algorithm):
+        """Records every group id it is given (a test algorithm)."""
+
+        def update(self, batch, aux_batch=None):
+            seen["end"] |= set(batch.g.tolist())
+            seen["aux"] |= set(aux_batch.g.tolist()) if aux_batch is not None else set()
+            return super().update(batch, aux_batch)
+
+    ALGORITHMS.register("_spy_groups")(Spy)
+    run(RunSpec("synthetic", "_spy_groups", aux=("recon",), overrides=("train.epochs=1",)), tmp_path / "r")
+    assert seen == {"end": {-1}, "aux": {-1}}
