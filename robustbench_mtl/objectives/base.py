@@ -42,9 +42,11 @@ class Objective(nn.Module, abc.ABC):
     def check(cls, name: str, backbone_name: str, backbone_cls: type[Backbone], info: DataInfo) -> None:
         """Raise ConfigError if this objective does not fit the dataset or backbone."""
         if info.modality not in cls.modalities:
+            needs = f"{'/'.join(cls.modalities)} inputs" + (" and a backbone with patch masking"
+                                                          if cls.needs_masking else "")
             raise ConfigError(
-                f"objective '{name}' needs {'/'.join(cls.modalities)} inputs but dataset '{info.name}' is "
-                f"{info.modality}; see `robustbench-mtl list objectives`"
+                f"objective '{name}' needs {needs}, but dataset '{info.name}' is {info.modality} (backbone "
+                f"'{backbone_name}'); pick another --aux (see `robustbench-mtl list objectives`)"
             )
         if cls.needs_masking and not backbone_cls.supports_masking:
             raise ConfigError(
