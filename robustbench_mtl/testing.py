@@ -1,0 +1,270 @@
+"""Conformance checks for components (core and plugins): build, a few updates, predict, checkpoint, on tiny data."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import io
+import math
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .checkpoint import seed_everything
+from .config import ModelHParams, TrainHParams
+from .data.base import SPLITS, DataInfo, TensorSplit
+from .errors import RobustbenchError
+from .hparams import build
+from .loaders import AuxStream, epoch_batches
+from .model import Model
+from .objectives.base import AuxiliaryTask, Penalty
+from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES
+from .types import Outputs
+
+N, GROUPS, CLASSES, STEPS, BATCH = 64, 4, 2, 3, 16
+# The default image backbone, shrunk so a check costs well under a second on one CPU thread.
+TINY_VIT = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "patch_size": 4}
+
+
+def tiny_data(modality: str, seed: int = 0) -> tuple[DataInfo, dict[str, TensorSplit]]:
+    """64 examples per split, 4 groups (label x attribute), 2 classes: 2 features, or 3x16x16 uint8 images."""
+    gen = torch.Generator().manual_seed(seed)
+    splits = {}
+    for split in SPLITS:
+        g = torch.arange(N) % GROUPS
+        y, a = g // 2, g % 2  # group = 2 * label + attribute, every group 16 times
+        if modality == "tabular":
+            x = torch.stack([2.0 * y - 1, 2.0 * a - 1], 1) + torch.randn(N, 2, generator=gen) * torch.tensor([1, 0.1])
+        else:  # label: a bright square in the centre; attribute: the background's green level
+            x = torch.randint(0, 60, (N, 3, 16, 16), generator=gen, dtype=torch.uint8)
+            x[:, 1] += (150 * a).to(torch.uint8).view(N, 1, 1)
+            x[y == 1, :, 5:11, 5:11] = 250
+        splits[split] = TensorSplit(x, {"y": y}, g, torch.zeros(N, dtype=torch.long))
+    return DataInfo(f"tiny_{modality}", modality, tuple(splits["train"].x.shape[1:]), {"y": CLASSES},  # type: ignore
+                    tuple(f"g{i}" for i in range(GROUPS)), (N // GROUPS,) * GROUPS), splits
+
+
+def _contract(fn: Callable[..., None]) -> Callable[..., None]:
+    """A harness error while checking (a misfit the component declared fine, a non-finite loss) is a violation."""
+    @functools.wraps(fn)
+    def wrapper(name: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            fn(name, *args, **kwargs)
+        except RobustbenchError as exc:
+            raise AssertionError(f"{fn.__name__}('{name}'): {exc}") from exc
+    return wrapper
+
+
+def _check_component(kind: str, name: str, cls: Any) -> None:
+    """Docstring first line (what `list` prints) and HParams: a frozen dataclass, every field defaulted and helped."""
+    doc = inspect.getdoc(cls) or ""
+    assert doc and doc.splitlines()[0].strip(), f"{kind} '{name}': the docstring's first line is empty"
+    hp_cls = getattr(cls, "HParams", None)
+    assert dataclasses.is_dataclass(hp_cls), f"{kind} '{name}': HParams must be a dataclass"
+    assert hp_cls.__dataclass_params__.frozen, f"{kind} '{name}': HParams must be @dataclass(frozen=True)"
+    for f in dataclasses.fields(hp_cls):
+        assert f.default is not dataclasses.MISSING and f.metadata.get("help"), \
+            f"{kind} '{name}': HParams.{f.name} needs a default and help text: hp(default, help=...)"
+    hp_cls()
+
+
+def _finite_losses(who: str, out: Any) -> dict[str, float]:
+    assert isinstance(out, dict) and "loss" in out, f"{who}: update() must return a dict with 'loss', got {out!r}"
+    assert all(isinstance(v, float) and math.isfinite(v) for v in out.values()), \
+        f"{who}: update() must return finite floats, got {out!r}"
+    return out
+
+
+def _roundtrip(obj: Any) -> Any:
+    """Save and load as the runner's checkpoints do: torch.save, then torch.load(weights_only=True)."""
+    torch.save(obj, buf := io.BytesIO())
+    return torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+
+
+class _Setup:
+    """One algorithm + objectives + backbone on tiny data, built exactly as `runner.build` does."""
+
+    def __init__(self, algorithm: str, aux: tuple[str, ...], backbone: str, modality: str,
+                 backbone_hp: dict[str, Any] | None = None) -> None:
+        self.who = f"algorithm '{algorithm}' with aux {list(aux)} on backbone '{backbone}'"
+        self.algo_cls = ALGORITHMS.get(algorithm)
+        names = list(dict.fromkeys((*aux, *getattr(self.algo_cls, "extra_objectives", ()))))
+        self.obj_classes = {o: OBJECTIVES.get(o) for o in names}
+        self.backbone_cls = BACKBONES.get(backbone)
+        self.info, self.splits = tiny_data(modality)
+        self.backbone_cls.check(backbone, self.info)
+        for o, c in self.obj_classes.items():
+            c.check(o, backbone, self.backbone_cls, self.info)
+        self.backbone_hp = build(self.backbone_cls.HParams, "backbone", [backbone_hp or {}])
+        self.train_hp = TrainHParams(epochs=1, batch_size=BATCH, lr=1e-3, patience=0)
+        t = self.splits["train"]  # as the runner: group-free methods never see a training group id
+        self.train = t if self.algo_cls.uses_train_groups else TensorSplit(t.x, t.y, torch.full_like(t.g, -1), t.e)
+
+    def build(self, seed: int) -> Any:
+        seed_everything(seed)
+        backbone = self.backbone_cls(self.backbone_hp, self.info)
+        objs = {o: c(c.HParams(), backbone, self.info) for o, c in self.obj_classes.items()}
+        model = Model(backbone, self.info.tasks, objs, ModelHParams().head_norm)
+        return self.algo_cls(model, self.algo_cls.HParams(), self.train_hp, self.info, STEPS)
+
+    def train_steps(self, algo: Any, seed: int) -> tuple[list[dict[str, float]], AuxStream | None]:
+        algo.setup(self.train)
+        weights = algo.sampler_weights(self.train)
+        if weights is not None:
+            ok = weights.shape == (len(self.train),) and bool((weights >= 0).all()) and float(weights.sum()) > 0
+            assert ok, f"{self.who}: sampler_weights must be non-negative [N] with a positive sum"
+        has_aux = any(isinstance(o, AuxiliaryTask) for o in algo.model.objectives.values())
+        aux = AuxStream(self.train, BATCH, seed) if has_aux else None
+        batches = list(epoch_batches(self.train, BATCH, seed, 0, weights))[:STEPS]
+        return [_finite_losses(self.who, algo.update(b, aux.next() if aux else None)) for b in batches], aux
+
+    def predict(self, algo: Any) -> dict[str, Tensor]:
+        out = algo.predict(self.splits["val"].inputs(slice(0, BATCH)))
+        assert set(out) == set(self.info.tasks), f"{self.who}: predict() keys {sorted(out)} != tasks"
+        for t, c in self.info.tasks.items():
+            assert out[t].shape == (BATCH, c) and bool(torch.isfinite(out[t]).all()), \
+                f"{self.who}: predict()['{t}'] must be finite logits [B, {c}], got shape {tuple(out[t].shape)}"
+        return out
+
+    def run(self) -> None:
+        """Updates, predict, determinism, checkpoint round trip, and resuming gives the same next step."""
+        torch.set_num_threads(1)
+        a = self.build(seed=0)
+        losses, aux = self.train_steps(a, seed=0)
+        pred = self.predict(a)
+        again, _ = self.train_steps(self.build(seed=0), seed=0)
+        assert losses == again, f"{self.who}: the same seed gave different losses:\n{losses}\n{again}"
+        b = self.build(seed=1)  # other initial weights, so equal predictions prove the state was loaded
+        for p in ("", "optimizer", "scheduler"):  # what the runner's checkpoint.pt holds
+            (getattr(b, p) if p else b).load_state_dict(_roundtrip((getattr(a, p) if p else a).state_dict()))
+        b.load_extra_state(extra := _roundtrip(a.extra_state()))
+        assert _same(_roundtrip(b.extra_state()), extra), f"{self.who}: load_extra_state(extra_state()) changed it"
+        assert _same(self.predict(b), pred, 1e-5), f"{self.who}: predictions differ after a state_dict round trip"
+        batch, aux_batch, nxt = self.train.batch(torch.arange(BATCH)), aux.next() if aux else None, []
+        for algo in (a, b):  # the same RNG state for both, as a resumed run restores it
+            seed_everything(7)
+            nxt.append(_finite_losses(self.who, algo.update(batch, aux_batch)))
+        assert _same(*nxt, 1e-5), f"{self.who}: a restored checkpoint took a different step: {nxt[0]} vs {nxt[1]}"
+
+
+def _same(x: Any, y: Any, tol: float = 0.0) -> bool:
+    """Nested equality of tensors, numbers, lists and dicts, within `tol`."""
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same(x[k], y[k], tol) for k in x)
+    if isinstance(x, (list, tuple)):
+        return isinstance(y, (list, tuple)) and len(x) == len(y) and all(_same(u, v, tol) for u, v in zip(x, y))
+    if isinstance(x, (Tensor, float)) and type(x) is type(y):
+        return bool(torch.allclose(torch.as_tensor(x), torch.as_tensor(y), atol=tol, rtol=tol))
+    return bool(x == y)
+
+
+@_contract
+def check_algorithm(name: str, aux: tuple[str, ...] = ()) -> None:
+    """Exercise algorithm `name` with `aux` (`recon` if it needs one and none is given), on `mlp` or a tiny ViT."""
+    cls = ALGORITHMS.get(name)
+    _check_component("algorithm", name, cls)
+    for flag in ("uses_train_groups", "uses_val_groups", "requires_auxiliary"):
+        assert isinstance(getattr(cls, flag), bool), f"algorithm '{name}': {flag} must be a bool"
+    aux = tuple(aux) or (("recon",) if cls.requires_auxiliary else ())
+    if all("tabular" in OBJECTIVES.get(o).modalities for o in aux):
+        _Setup(name, aux, "mlp", "tabular").run()
+    else:
+        _Setup(name, aux, "vit_tiny", "image", TINY_VIT).run()
+
+
+@_contract
+def check_objective(name: str) -> None:
+    """Exercise objective `name` with ERM: tabular with `mlp` if it reads tables, else images with a tiny ViT."""
+    cls = OBJECTIVES.get(name)
+    _check_component("objective", name, cls)
+    assert "weight" in {f.name for f in dataclasses.fields(cls.HParams)}, f"objective '{name}': HParams needs weight"
+    base = {"auxiliary": AuxiliaryTask, "penalty": Penalty}.get(getattr(cls, "role", None))
+    assert base is not None and issubclass(cls, base), f"objective '{name}': subclass AuxiliaryTask or Penalty"
+    if "tabular" in cls.modalities and not cls.needs_masking:
+        setup = _Setup("erm", (name,), "mlp", "tabular")
+    else:
+        assert "image" in cls.modalities, f"objective '{name}': only tabular and image objectives can be checked"
+        setup = _Setup("erm", (name,), "vit_tiny", "image", TINY_VIT)
+    algo = setup.build(seed=0)
+    out = algo.model(setup.train.inputs(slice(0, BATCH)))
+    if base is AuxiliaryTask:
+        result = algo.model.objectives[name].loss(algo.model, AuxStream(setup.train, BATCH, 0).next(), out)
+        assert isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], list) and all(
+            isinstance(p, Outputs) for p in result[1]), f"objective '{name}': loss() must return (loss, [Outputs])"
+        loss = result[0]
+    else:
+        loss = algo.model.objectives[name].loss({"end": out})
+    assert isinstance(loss, Tensor) and loss.dim() == 0 and loss.requires_grad, \
+        f"objective '{name}': the loss must be a scalar tensor that depends on trainable parameters"
+    setup.run()
+
+
+@_contract
+def check_backbone(name: str, **hparam_overrides: Any) -> None:
+    """Shapes, masking and backward on 8 inputs, then the whole ERM cycle on tiny data of its first modality."""
+    cls = BACKBONES.get(name)
+    _check_component("backbone", name, cls)
+    modality = "tabular" if "tabular" in cls.modalities else "image"
+    assert modality in cls.modalities, f"backbone '{name}': only tabular and image backbones can be checked"
+    overrides = {**(TINY_VIT if name == "vit_tiny" else {}), **hparam_overrides}
+    info, splits = tiny_data(modality)
+    torch.manual_seed(0)
+    net = cls(build(cls.HParams, "backbone", [overrides]), info)
+    x = splits["train"].inputs(slice(0, 8))
+    out = net(x)
+    assert isinstance(out, Outputs) and isinstance(getattr(net, "out_dim", None), int) \
+        and out.pooled.shape == (8, net.out_dim), f"backbone '{name}': forward must return Outputs, pooled [B, out_dim]"
+    if cls.has_tokens:
+        assert out.tokens is not None and out.tokens.dim() == 3 and out.tokens.shape[::2] == (8, net.out_dim), \
+            f"backbone '{name}': has_tokens needs tokens [B, L, out_dim]"
+    if cls.supports_masking:
+        assert all(isinstance(getattr(net, a, None), int) for a in ("patch_size", "grid", "num_channels")), \
+            f"backbone '{name}': supports_masking needs int patch_size, grid and num_channels"
+        mask = (torch.arange(net.grid ** 2) % 2 == 0).expand(8, -1)
+        assert not torch.allclose(net(x, mask=mask).pooled, out.pooled), f"backbone '{name}': masking changed nothing"
+    out.shared.float().pow(2).mean().backward()
+    assert any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in net.parameters()), \
+        f"backbone '{name}': no gradient reached its parameters"
+    _Setup("erm", (), name, modality, overrides).run()
+
+
+@_contract
+def check_dataset(name: str, **hparam_overrides: Any) -> None:
+    """load(): three consistent splits, labels and groups in range; info(), defaults and presets well-formed."""
+    cls = DATASETS.get(name)
+    _check_component("dataset", name, cls)
+    assert cls.modality in ("tabular", "image", "text") and cls.group_names and cls.tasks, \
+        f"dataset '{name}': declare tasks, group_names and a modality (tabular, image or text)"
+    ds = cls(build(cls.HParams, "data", [hparam_overrides]), name)
+    splits = ds.load()
+    assert set(SPLITS) <= set(splits), f"dataset '{name}': load() must return {SPLITS}, got {sorted(splits)}"
+    for split in SPLITS:
+        _check_split(f"dataset '{name}' split '{split}'", splits[split], cls, -1 if split == "train" else 0)
+    info = ds.info()
+    assert info.input_shape == tuple(splits["train"].x.shape[1:]) and info.tasks == dict(cls.tasks), \
+        f"dataset '{name}': info() disagrees with the data"
+    BACKBONES.get(cls.default_backbone).check(cls.default_backbone, info)
+    scopes = {"data": cls.HParams, "train": TrainHParams, "model": ModelHParams,
+              "backbone": BACKBONES.get(cls.default_backbone).HParams}
+    for what, layer in [("defaults", cls.defaults), *((f"preset {p}", v) for p, v in cls.presets.items())]:
+        for key, value in layer.items():
+            scope, dot, field = key.partition(".")
+            assert dot and scope and field, f"dataset '{name}' {what}: key {key!r} must look like scope.field"
+            hp_cls = scopes.get(scope) or (OBJECTIVES.get(scope).HParams if scope in OBJECTIVES.names() else None)
+            if hp_cls is not None:  # ConfigError (an AssertionError here) on an unknown field or a wrong type
+                build(hp_cls, scope, [{field: value}])
+
+
+def _check_split(where: str, s: TensorSplit, cls: Any, low: int) -> None:
+    """Lengths agree, labels in [-1, C) per task, group ids in [low, groups) (val/test: every group known)."""
+    n = len(s)
+    assert n > 0 and s.x.shape[0] == n and s.e.shape == (n,), f"{where}: x, g and e lengths differ"
+    assert s.x.dtype in (torch.float32, torch.uint8), f"{where}: x must be float32 or uint8, got {s.x.dtype}"
+    assert set(s.y) == set(cls.tasks), f"{where}: labels for {sorted(s.y)} but tasks are {sorted(cls.tasks)}"
+    for t, c in cls.tasks.items():
+        y = s.y[t]
+        assert y.shape == (n,) and not y.is_floating_point() and bool(((y >= -1) & (y < c)).all()) \
+            and bool((y >= 0).any()), f"{where}: y['{t}'] must be integer [N] in [-1, {c})"
+    assert bool(((s.g >= low) & (s.g < len(cls.group_names))).all()), \
+        f"{where}: group ids outside [{low}, {len(cls.group_names)})"

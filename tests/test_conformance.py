@@ -1,0 +1,99 @@
+"""Every registered component (core and installed plugins) passes robustbench_mtl.testing's conformance checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from robustbench_mtl import testing
+from robustbench_mtl.algorithms.erm import ERM
+from robustbench_mtl.data import waterbirds as wb
+from robustbench_mtl.registry import REGISTRIES
+
+
+@pytest.mark.parametrize("name", REGISTRIES["algorithms"].names())
+def test_algorithm(name: str) -> None:
+    testing.check_algorithm(name)
+
+
+@pytest.mark.parametrize("name", REGISTRIES["objectives"].names())
+def test_objective(name: str) -> None:
+    testing.check_objective(name)
+
+
+@pytest.mark.parametrize("name", REGISTRIES["backbones"].names())
+def test_backbone(name: str) -> None:
+    testing.check_backbone(name)
+
+
+def write_waterbirds(data_dir: Path) -> None:
+    """Two images per group per split in the official WILDS layout (metadata.csv + CUB-style folders)."""
+    rows = [{"img_filename": f"{y}.Bird/Bird_{split}{place}{k}.jpg", "y": y, "split": split, "place": place,
+             "place_filename": f"/p/place{place}.jpg"}
+            for split in range(3) for y in (0, 1) for place in (0, 1) for k in range(2)]
+    meta = pd.DataFrame(rows)
+    for r in meta.itertuples():
+        (data_dir / r.img_filename).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20), (40, 200 if r.place else 50, 100)).save(data_dir / r.img_filename)
+    meta.index = pd.RangeIndex(1, len(meta) + 1, name="img_id")
+    meta.to_csv(data_dir / "metadata.csv")
+
+
+@pytest.mark.parametrize("name", REGISTRIES["datasets"].names())
+def test_dataset(name: str, tmp_path: Path) -> None:
+    if name == "waterbirds":  # real data is not downloaded in tests: a tiny fixture in its official format
+        write_waterbirds(tmp_path / wb.WILDS_DIR)
+        testing.check_dataset(name, root=str(tmp_path), image_size=16)
+    else:
+        testing.check_dataset(name)
+
+
+# -- the checks catch contract violations ------------------------------------------------------------------
+class Forgetful(ERM):
+    """ERM that loses a counter in its checkpoint (violates extra_state / load_extra_state)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+
+    def update(self, batch, aux_batch=None):  # type: ignore[no-untyped-def]
+        self.steps += 1
+        return super().update(batch, aux_batch)
+
+    def extra_state(self):  # type: ignore[no-untyped-def]
+        return {"steps": self.steps}
+
+
+class NaNLoss(ERM):
+    """ERM whose aggregate is NaN: update must report it (the base class raises)."""
+
+    def aggregate(self, losses, batch):  # type: ignore[no-untyped-def]
+        return losses.mean() * float("nan")
+
+
+class Undocumented(ERM):
+    pass
+
+
+Undocumented.__doc__ = ""  # inspect.getdoc would otherwise inherit ERM's
+
+
+class Nondeterministic(ERM):
+    """ERM with noise from an unseeded generator added to the loss."""
+
+    def aggregate(self, losses, batch):  # type: ignore[no-untyped-def]
+        return losses.mean() + torch.rand((), generator=torch.Generator().manual_seed(int.from_bytes(
+            __import__("os").urandom(4), "little")))
+
+
+@pytest.mark.parametrize("cls, message", [
+    (Forgetful, "load_extra_state"), (Undocumented, "docstring"), (Nondeterministic, "same seed"),
+    (NaNLoss, "non-finite"),
+])
+def test_violations_are_reported(cls: type, message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REGISTRIES["algorithms"]._items, "bad_algo", cls)
+    with pytest.raises(AssertionError, match=message):
+        testing.check_algorithm("bad_algo")
