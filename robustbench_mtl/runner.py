@@ -141,8 +141,10 @@ class _Trainer:
             self.aux.load_state(state["aux"])
         self.epoch, self.global_step, self.stopper = state["epoch"] + 1, state["global_step"], state["stopper"]
         ckpt.set_rng_state(state["rng"])
-        # Epochs evaluated after the checkpoint are trained again, so their records go.
-        self.records = [x for x in read_jsonl(self.out / METRICS) if x["epoch"] <= state["epoch"]]
+        # Epochs evaluated after the checkpoint are trained again, so their records go; records made
+        # during `setup` stay (setup does not run again on resume).
+        self.records = [x for x in read_jsonl(self.out / METRICS)
+                        if x["epoch"] <= state["epoch"] or str(x.get("phase", "")).startswith("setup")]
         rewrite_jsonl(self.out / METRICS, self.records)
         return state["epoch"]
 
@@ -192,13 +194,45 @@ class _Trainer:
             self.records.append(rec)
             # The whole file is rewritten atomically: a reader never sees a torn record.
             rewrite_jsonl(self.out / METRICS, self.records)
-            save_selected_models(self.out, self.records, self.t.patience, self.algo.model)
+            self.save_selected()
             self.save()
             self.reporter.epoch_end(self.epoch, rec)
             self.epoch += 1
             if stop:
                 return True
         return False
+
+    def save_selected(self) -> None:
+        save_selected_models(self.out, self.records, self.t.patience, self.algo.model, self.algo.selectable)
+
+    def evaluate_now(self, phase: str) -> None:
+        """A record of the current model outside the epoch loop (e.g. JTT's first stage, from `setup`)."""
+        n = sum(1 for x in self.records if x.get("phase") == phase)
+        rec: dict[str, Any] = {"epoch": n, "step": self.global_step, "phase": phase}
+        rec.update(evaluate(self.algo, self.val, "val", self.r))
+        rec.update(evaluate(self.algo, self.test, "test", self.r))
+        self.records.append(rec)
+        rewrite_jsonl(self.out / METRICS, self.records)
+        self.save_selected()
+
+    def after_training(self) -> None:
+        """Let the algorithm change the trained model; if it did, evaluate it once more.
+
+        The extra record has `"phase": "after_training"` and epoch = last epoch + 1; `select_all` then
+        chooses it for every protocol (it is the method's final model). A resume drops it (its epoch is
+        past the checkpoint's), and `after_training` runs again on the restored model.
+        """
+        changed = self.algo.after_training(self.val)
+        if changed is None or changed is False:
+            return
+        t0 = time.perf_counter()
+        rec: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, "phase": "after_training"}
+        rec.update(evaluate(self.algo, self.val if changed is True else changed, "val", self.r))
+        rec.update(evaluate(self.algo, self.test, "test", self.r))
+        rec["time/eval_s"] = time.perf_counter() - t0
+        self.records.append(rec)
+        rewrite_jsonl(self.out / METRICS, self.records)
+        self.save_selected()
 
 
 def _config_json(r: Resolved, device: torch.device) -> dict[str, Any]:
@@ -239,20 +273,22 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / CONFIG, _config_json(r, device))
             rewrite_jsonl(out / METRICS, [])
+            trainer.algo.evaluator = trainer.evaluate_now
             trainer.algo.setup(trainer.train)
+            trainer.algo.evaluator = None
         t0 = time.perf_counter()
         stopped = trainer.loop()
-        trainer.algo.after_training(trainer.val)
+        trainer.after_training()
     except RunFailedError as exc:
         atomic_write_json(out / "failed.json", {"status": "failed", "error": str(exc), "epoch": trainer.epoch})
         raise RunFailedError(f"run failed at epoch {trainer.epoch}: {exc} (details in {out / 'failed.json'})") from None
     finally:
         reporter.close()
     records = trainer.records
-    final = {"status": "finished", "epochs_run": len(records), "stopped_early": stopped,
+    final = {"status": "finished", "epochs_run": sum("phase" not in x for x in records), "stopped_early": stopped,
              "selection_patience": trainer.t.patience, "resumed_from_epoch": resumed,
              "time_s_this_session": time.perf_counter() - t0,
-             "selections": select_all(records, trainer.t.patience, out)}
+             "selections": select_all(records, trainer.t.patience, out, trainer.algo.selectable)}
     with contextlib.suppress(FileNotFoundError):
         (out / "failed.json").unlink()
     atomic_write_json(out / FINAL, final)

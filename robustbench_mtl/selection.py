@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
@@ -19,23 +19,43 @@ def _split_view(record: dict[str, Any], split: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in record.items() if k.startswith(prefix)}
 
 
-def select_all(records: list[dict[str, Any]], patience: int, out: Path | None = None) -> dict[str, Any]:
+def _choose(proto: Any, records: list[dict[str, Any]], patience: int,
+            selectable: Callable[[dict[str, Any]], bool] | None = None) -> int:
+    """Index of the protocol's choice among the records the algorithm lets be selected. An
+    `after_training` record (e.g. DFR's retrained heads) is the method's final model, so when one
+    exists the protocol chooses among those records only."""
+    pool = [i for i, r in enumerate(records) if selectable is None or selectable(r)]
+    final = [i for i in pool if records[i].get("phase") == "after_training"]
+    pool = final or pool
+    if not pool:  # e.g. only first-stage records so far, and the algorithm excludes them
+        return -1
+    return pool[proto.select([records[i] for i in pool], patience)]
+
+
+def select_all(records: list[dict[str, Any]], patience: int, out: Path | None = None,
+               selectable: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
     """For each protocol: the chosen epoch and its val and test metrics (oracle ones labelled so)."""
     result = {}
     for name, cls in SELECTIONS.load_all():
         proto = cls()
-        rec = records[proto.select(records, patience)]
+        i = _choose(proto, records, patience, selectable)
+        if i < 0:
+            continue
+        rec = records[i]
         entry = {"label": proto.label, "oracle": proto.oracle, "metric": proto.metric,
                  "uses_val_groups": proto.uses_val_groups, "epoch": rec["epoch"],
                  "val": _split_view(rec, "val"), "test": _split_view(rec, "test")}
+        if "phase" in rec:
+            entry["phase"] = rec["phase"]
         if out is not None and selected_model_path(out, name).exists():
             entry["weights"] = str(selected_model_path(out, name).relative_to(out))
         result[name] = entry
     return result
 
 
-def save_selected_models(out: Path, records: list[dict[str, Any]], patience: int, model: nn.Module) -> None:
+def save_selected_models(out: Path, records: list[dict[str, Any]], patience: int, model: nn.Module,
+                         selectable: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """Save the model's weights for every protocol whose choice is the newest record."""
     for name, cls in SELECTIONS.load_all():
-        if cls().select(records, patience) == len(records) - 1:
+        if _choose(cls(), records, patience, selectable) == len(records) - 1:
             atomic_torch_save(model.state_dict(), selected_model_path(out, name))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,7 @@ class Algorithm(nn.Module):
         self.info = info
         self.total_steps = total_steps
         self.autocast: ContextManager[Any] | None = None  # set by the runner (bf16 on CUDA)
+        self.evaluator: Callable[[str], None] | None = None  # set by the runner; see `evaluate_now`
         self.configure_optimizers()
 
     # -- optimization --------------------------------------------------------------------
@@ -74,8 +75,24 @@ class Algorithm(nn.Module):
     def setup(self, train: TensorSplit) -> None:
         """Called once before training (two-stage methods run their first stage here)."""
 
-    def after_training(self, val: TensorSplit) -> None:
-        """Called once after training; may use validation data (e.g. last-layer retraining)."""
+    def evaluate_now(self, phase: str) -> None:
+        """Ask the runner to evaluate the current model on val and test and record it with `"phase": phase`
+        (e.g. after each first-stage epoch inside `setup`); a no-op outside a run."""
+        if self.evaluator is not None:
+            self.evaluator(phase)
+
+    def selectable(self, record: dict[str, Any]) -> bool:
+        """Whether selection protocols may choose this metrics record (all by default)."""
+        return True
+
+    def after_training(self, val: TensorSplit) -> TensorSplit | bool | None:
+        """Called once after training; may use validation data (e.g. last-layer retraining).
+
+        Return None/False if the model is unchanged; True to have the runner evaluate val and test once
+        more (one `"phase": "after_training"` record); or a TensorSplit: the part of val to report as
+        "val" in that record (e.g. the half the algorithm did not fit on).
+        """
+        return None
 
     def aggregate(self, losses: Tensor, batch: Batch) -> Tensor:
         """Reduce per-example end-task losses [B] to one scalar (ERM: the mean)."""
