@@ -1,8 +1,14 @@
-"""Per-environment risks for the invariance penalties (IRM, V-REx), with their annealed weight."""
+"""Per-environment risks for the invariance penalties (IRM, V-REx), and their shared annealed update."""
 from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from ..types import Batch, Outputs
+from .base import Algorithm
 
 
 def env_risks(losses: Tensor, e: Tensor) -> Tensor:
@@ -24,3 +30,51 @@ def env_masks(e: Tensor) -> list[Tensor]:
 def annealed_weight(step: int, anneal_steps: int, weight: float) -> float:
     """1 before `anneal_steps` updates, then `weight` (the reference IRM schedule)."""
     return weight if step >= anneal_steps else 1.0
+
+
+class AnnealedPenalty(Algorithm, abc.ABC):
+    """risk + lambda(step) * penalty (+ weighted --aux terms), lambda = 1 for `anneal_steps` updates and
+    then `penalty_weight`; with `rescale` the loss is divided by lambda when lambda > 1, and with
+    `reset_optimizer` the optimizer's moments are cleared at the anneal step (DomainBed). The update count
+    is checkpointed. Subclasses give the risk and the penalty; their HParams carry the four fields above.
+    """
+
+    penalty_key: ClassVar[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.updates = 0  # drives the anneal schedule; checkpointed
+
+    @abc.abstractmethod
+    def penalty_terms(self, out: Outputs, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(mean risk over environments, unweighted penalty)."""
+
+    def penalty_lambda(self) -> float:
+        h = self.hparams
+        return annealed_weight(self.updates, h.anneal_steps, h.penalty_weight)
+
+    def compute_loss(self, batch: Batch, aux_batch: Batch | None) -> tuple[Tensor, dict[str, Tensor]]:
+        out = self.model(batch.x)
+        risk, penalty = self.penalty_terms(out, batch)
+        lam = self.penalty_lambda()
+        total = risk + lam * penalty
+        terms = self.objective_terms(batch, aux_batch, out)
+        for name, term in terms.items():
+            total = total + self.model.objectives[name].weight * term
+        if self.hparams.rescale and lam > 1:  # keeps the gradient scale comparable before and after annealing
+            total = total / lam
+        return total, {"loss_task": risk, self.penalty_key: penalty, **{f"loss_{n}": t for n, t in terms.items()}}
+
+    def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
+        h = self.hparams
+        if h.reset_optimizer and h.anneal_steps > 0 and self.updates == h.anneal_steps:
+            self.optimizer.state.clear()  # the penalty's scale jumps: stale moments would mis-scale steps
+        losses = super().update(batch, aux_batch)
+        self.updates += 1
+        return losses
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.updates = int(state.get("updates", 0))

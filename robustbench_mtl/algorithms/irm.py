@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,9 +9,8 @@ from torch import Tensor
 
 from ..hparams import Choice, LogUniform, hp
 from ..registry import ALGORITHMS
-from ..types import Batch
-from ._envs import annealed_weight, env_masks
-from .base import Algorithm
+from ..types import Batch, Outputs
+from ._envs import AnnealedPenalty, env_masks
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def irm_terms(logits: dict[str, Tensor], y: dict[str, Tensor], e: Tensor) -> tup
 
 
 @ALGORITHMS.register("irm")
-class IRM(Algorithm):
+class IRM(AnnealedPenalty):
     """IRM (IRMv1 penalty over the batch's environments); composes with --aux objectives.
 
     Reference: Arjovsky et al. 2019, "Invariant Risk Minimization"; facebookresearch/InvariantRiskMinimization
@@ -60,36 +58,7 @@ class IRM(Algorithm):
 
     HParams = IRMHParams
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.updates = 0  # drives the anneal schedule; checkpointed
+    penalty_key = "irm_penalty"
 
-    def penalty_lambda(self) -> float:
-        h = self.hparams
-        return annealed_weight(self.updates, h.anneal_steps, h.penalty_weight)
-
-    def compute_loss(self, batch: Batch, aux_batch: Batch | None) -> tuple[Tensor, dict[str, Tensor]]:
-        out = self.model(batch.x)
-        risk, penalty = irm_terms(out.logits, batch.y, batch.e)
-        lam = self.penalty_lambda()
-        total = risk + lam * penalty
-        terms = self.objective_terms(batch, aux_batch, out)
-        for name, term in terms.items():
-            total = total + self.model.objectives[name].weight * term
-        if self.hparams.rescale and lam > 1:  # keeps the gradient scale comparable before and after annealing
-            total = total / lam
-        return total, {"loss_task": risk, "irm_penalty": penalty, **{f"loss_{n}": t for n, t in terms.items()}}
-
-    def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
-        h = self.hparams
-        if h.reset_optimizer and h.anneal_steps > 0 and self.updates == h.anneal_steps:
-            self.optimizer.state.clear()  # the penalty's scale jumps: stale moments would mis-scale steps
-        losses = super().update(batch, aux_batch)
-        self.updates += 1
-        return losses
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.updates = int(state.get("updates", 0))
+    def penalty_terms(self, out: Outputs, batch: Batch) -> tuple[Tensor, Tensor]:
+        return irm_terms(out.logits, batch.y, batch.e)

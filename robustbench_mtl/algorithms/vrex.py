@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor
 
 from ..hparams import Choice, LogUniform, hp
 from ..registry import ALGORITHMS
-from ..types import Batch
-from ._envs import annealed_weight, env_risks
-from .base import Algorithm
+from ..types import Batch, Outputs
+from ._envs import AnnealedPenalty, env_risks
 
 
 @dataclass(frozen=True)
@@ -33,7 +31,7 @@ def vrex_terms(losses: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @ALGORITHMS.register("vrex")
-class VREx(Algorithm):
+class VREx(AnnealedPenalty):
     """V-REx: variance of per-environment risks as a penalty; composes with --aux objectives.
 
     Reference: Krueger et al. 2021, "Out-of-Distribution Generalization via Risk Extrapolation (REx)", ICML;
@@ -45,33 +43,7 @@ class VREx(Algorithm):
 
     HParams = VRExHParams
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.updates = 0  # drives the anneal schedule; checkpointed
+    penalty_key = "vrex_penalty"
 
-    def compute_loss(self, batch: Batch, aux_batch: Batch | None) -> tuple[Tensor, dict[str, Tensor]]:
-        h = self.hparams
-        out = self.model(batch.x)
-        risk, variance = vrex_terms(self.task_losses(out, batch), batch.e)
-        beta = annealed_weight(self.updates, h.anneal_steps, h.penalty_weight)
-        total = risk + beta * variance
-        terms = self.objective_terms(batch, aux_batch, out)
-        for name, term in terms.items():
-            total = total + self.model.objectives[name].weight * term
-        if h.rescale and beta > 1:
-            total = total / beta
-        return total, {"loss_task": risk, "vrex_penalty": variance, **{f"loss_{n}": t for n, t in terms.items()}}
-
-    def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
-        h = self.hparams
-        if h.reset_optimizer and h.anneal_steps > 0 and self.updates == h.anneal_steps:
-            self.optimizer.state.clear()  # the penalty's scale jumps: stale moments would mis-scale steps
-        losses = super().update(batch, aux_batch)
-        self.updates += 1
-        return losses
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.updates = int(state.get("updates", 0))
+    def penalty_terms(self, out: Outputs, batch: Batch) -> tuple[Tensor, Tensor]:
+        return vrex_terms(self.task_losses(out, batch), batch.e)
