@@ -15,6 +15,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import RobustbenchError
+from .registry import CORE_DIST
 
 out = Console()
 err = Console(stderr=True)
@@ -168,17 +169,24 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
         return
     for k, entries in rows.items():
         table = Table(title=k)
-        extra = [c for c in ("train groups", "val groups") if entries and c in entries[0]]
-        for col in ("name", "summary", *extra, "provider"):
-            table.add_column(col)
+        groups = k == "algorithms"
+        table.add_column("name", no_wrap=True)  # names must stay copyable, whatever the terminal width
+        table.add_column("summary", ratio=1, min_width=22)
+        if groups:
+            table.add_column("groups", no_wrap=True)
+        table.add_column("provider", max_width=14, overflow="fold")
         for e in entries:
-            summary = e["summary"] if "error" not in e else f"[red]failed to load: {e['error']}[/]"
-            table.add_row(e["name"], summary, *[_yes(e.get(c)) for c in extra], e["provider"])
+            summary = e["summary"] if "error" not in e else f"[red]failed to load:[/] {escape(e['error'])}"
+            provider = "core" if e["provider"].startswith(f"{CORE_DIST} ") else e["provider"]
+            table.add_row(e["name"], summary, *([_groups(e)] if groups else []), provider)
         out.print(table)
+    out.print(f"[dim]core = {CORE_DIST} {__version__}; groups: the group labels an algorithm trains with "
+              f"(train) or uses after training (val)[/]")
 
 
-def _yes(v: Any) -> str:
-    return "-" if v is None else ("yes" if v else "no")
+def _groups(e: dict[str, Any]) -> str:
+    used = [s for s, key in (("train", "train groups"), ("val", "val groups")) if e.get(key)]
+    return "+".join(used) or "-"
 
 
 @main.command()

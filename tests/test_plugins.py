@@ -90,7 +90,11 @@ def test_plugin_algorithm_is_listed_and_runnable(site: Path, tmp_path: Path) -> 
 def test_broken_plugin_is_reported_and_breaks_nothing(site: Path, tmp_path: Path) -> None:
     listed = _cli(site, "list", "algorithms", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert "mt_l1" in listed.stdout and "broken_algo" in listed.stdout and "failed to load" in listed.stdout
+    assert "mt_l1" in listed.stdout and "broken_algo" in listed.stdout and "failed" in listed.stdout
+    rows = {r["name"]: r for r in json.loads(_cli(site, "list", "algorithms", "--json", cwd=tmp_path).stdout)[
+        "algorithms"]}
+    assert "mt_l1" in rows and "broken on purpose" in rows["broken_algo"]["error"]
+    assert rows["broken_algo"]["provider"] == "rbm-test-broken"
     report = _cli(site, "plugins", "--json", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     by_dist = {d["dist"]: d for d in json.loads(report.stdout)}
