@@ -12,7 +12,7 @@ import torch
 from . import checkpoint as ckpt
 from .algorithms.base import Algorithm
 from .config import Resolved, RunSpec, resolve
-from .data.base import TensorSplit
+from .data.base import DataInfo, TensorSplit
 from .errors import ConfigError, RunFailedError
 from .loaders import AuxStream, epoch_batches, steps_per_epoch
 from .metrics import split_metrics
@@ -82,13 +82,20 @@ def _check_out_dir(out: Path, r: Resolved) -> str:
     return "fresh"
 
 
+def assemble(classes: dict[str, type], hparams: dict[str, Any], objectives: list[str], info: DataInfo, seed: int,
+             total_steps: int, device: torch.device = torch.device("cpu")) -> Algorithm:
+    """Backbone, objectives, heads and algorithm from component classes and hparams (keys as in `Resolved`),
+    seeded so the same inputs build the same weights. `robustbench_mtl.testing` builds through here too."""
+    ckpt.seed_everything(seed)
+    backbone = classes["backbone"](hparams["backbone"], info)
+    objs = {o: classes[f"objective:{o}"](hparams[o], backbone, info) for o in objectives}
+    model = Model(backbone, info.tasks, objs, hparams["model"].head_norm)
+    return classes["algorithm"](model.to(device), hparams["algorithm"], hparams["train"], info, total_steps)
+
+
 def build(r: Resolved, device: torch.device, total_steps: int) -> Algorithm:
-    """Backbone, objectives, heads and algorithm, seeded so the same config builds the same weights."""
-    ckpt.seed_everything(r.spec.seed)
-    backbone = r.classes["backbone"](r.hparams["backbone"], r.info)
-    objectives = {o: r.classes[f"objective:{o}"](r.hparams[o], backbone, r.info) for o in r.objectives}
-    model = Model(backbone, r.info.tasks, objectives, r.hparams["model"].head_norm)
-    algo = r.classes["algorithm"](model.to(device), r.hparams["algorithm"], r.hparams["train"], r.info, total_steps)
+    """The run's algorithm on its device, with bf16 autocast on CUDA (or when asked for)."""
+    algo = assemble(r.classes, r.hparams, r.objectives, r.info, r.spec.seed, total_steps, device)
     precision = r.hparams["train"].precision
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         algo.autocast = torch.autocast(device.type, dtype=torch.bfloat16)

@@ -17,9 +17,9 @@ from .data.base import SPLITS, DataInfo, TensorSplit
 from .errors import RobustbenchError
 from .hparams import build
 from .loaders import AuxStream, epoch_batches
-from .model import Model
 from .objectives.base import AuxiliaryTask, Penalty
 from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES
+from .runner import assemble
 from .types import Outputs
 
 N, GROUPS, CLASSES, STEPS, BATCH = 64, 4, 2, 3, 16
@@ -102,11 +102,11 @@ class _Setup:
         self.train = t if self.algo_cls.uses_train_groups else TensorSplit(t.x, t.y, torch.full_like(t.g, -1), t.e)
 
     def build(self, seed: int) -> Any:
-        seed_everything(seed)
-        backbone = self.backbone_cls(self.backbone_hp, self.info)
-        objs = {o: c(c.HParams(), backbone, self.info) for o, c in self.obj_classes.items()}
-        model = Model(backbone, self.info.tasks, objs, ModelHParams().head_norm)
-        return self.algo_cls(model, self.algo_cls.HParams(), self.train_hp, self.info, STEPS)
+        classes = {"backbone": self.backbone_cls, "algorithm": self.algo_cls,
+                   **{f"objective:{o}": c for o, c in self.obj_classes.items()}}
+        hparams = {"backbone": self.backbone_hp, "algorithm": self.algo_cls.HParams(), "train": self.train_hp,
+                   "model": ModelHParams(), **{o: c.HParams() for o, c in self.obj_classes.items()}}
+        return assemble(classes, hparams, list(self.obj_classes), self.info, seed, STEPS)
 
     def train_steps(self, algo: Any, seed: int) -> tuple[list[dict[str, float]], AuxStream | None]:
         algo.setup(self.train)

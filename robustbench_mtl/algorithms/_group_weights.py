@@ -38,7 +38,7 @@ def balanced_subset(ids: Tensor, size: int, generator: torch.Generator) -> Tenso
 
 def weighted_mean(losses: Tensor, weights: Tensor) -> Tensor:
     """sum_i w_i l_i / sum_i w_i: the weights rescaled to mean 1 over the batch, then the mean."""
-    return (weights * losses).sum() / weights.sum()
+    return (weights * losses).sum() / weights.sum().clamp_min(1e-12)  # an all-zero draw must not give NaN
 
 
 @dataclass(frozen=True)

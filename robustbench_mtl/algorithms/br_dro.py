@@ -12,6 +12,7 @@ from ..errors import RunFailedError
 from ..hparams import Choice, hp
 from ..registry import ALGORITHMS
 from ..types import Batch
+from ._group_weights import weighted_mean
 from .base import Algorithm
 
 
@@ -41,10 +42,6 @@ class VIBAdversary(nn.Module):
         w = torch.sigmoid((self.v[y] * u).sum(1) + self.b[y])
         kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean()
         return w, kl
-
-
-def weighted_mean(w: Tensor, losses: Tensor) -> Tensor:
-    return (w * losses).sum() / w.sum().clamp_min(1e-12)
 
 
 @ALGORITHMS.register("br_dro")
@@ -80,13 +77,13 @@ class BRDRO(Algorithm):
             terms = self.objective_terms(batch, aux_batch, out)
         z, y = out.pooled.detach().float(), batch.y[self.task].clamp_min(0)
         w, kl = self.adversary(z, y)
-        adv_objective = weighted_mean(w, losses.detach()) - h.beta * kl - h.mass_weight * (w.mean() - h.alpha) ** 2
+        adv_objective = weighted_mean(losses.detach(), w) - h.beta * kl - h.mass_weight * (w.mean() - h.alpha) ** 2
         self.adv_optimizer.zero_grad(set_to_none=True)
         (-adv_objective).backward()  # gradient ascent for the max player; touches only the adversary
         self.adv_optimizer.step()
         with torch.no_grad():
             w_bar, _ = self.adversary(z, y)
-        task = (1 - h.erm_mix) * weighted_mean(w_bar, losses) + h.erm_mix * losses.mean()
+        task = (1 - h.erm_mix) * weighted_mean(losses, w_bar) + h.erm_mix * losses.mean()
         total = task
         for name, term in terms.items():
             total = total + self.model.objectives[name].weight * term
