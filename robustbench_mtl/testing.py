@@ -83,7 +83,7 @@ def _roundtrip(obj: Any) -> Any:
 
 
 class _Setup:
-    """One algorithm + objectives + backbone on tiny data, built exactly as `runner.build` does."""
+    """One algorithm + objectives + backbone on tiny data, built through `runner.assemble`, as runs are."""
 
     def __init__(self, algorithm: str, aux: tuple[str, ...], backbone: str, modality: str,
                  backbone_hp: dict[str, Any] | None = None) -> None:
