@@ -5,7 +5,7 @@ import inspect
 import typing
 from typing import Any, overload
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 from .hparams import fields_of
 from .registry import CORE_DIST, REGISTRIES, Registry
 
@@ -45,6 +45,7 @@ def list_components(kind: str) -> list[dict[str, Any]]:
         if reg.kind == "algorithms":
             row["train groups"] = bool(getattr(obj, "uses_train_groups", False))
             row["val groups"] = bool(getattr(obj, "uses_val_groups", False))
+            row["environments"] = bool(getattr(obj, "uses_environments", False))
         rows.append(row)
     for f in reg.failures():
         rows.append({"name": f.name, "summary": "", "provider": f.dist, "error": f.error})
@@ -62,14 +63,42 @@ def describe(kind: str, name: str) -> dict[str, Any]:
     k = kinds(kind)
     reg = REGISTRIES[k]
     obj = reg.get(name)
-    hp_cls = getattr(obj, "HParams", None)
-    hparams = [] if hp_cls is None else [
-        {"name": f.name, "type": _type_str(f.type), "default": list(f.default) if isinstance(f.default, tuple)
-         else f.default, "space": f.space.describe() if f.space else None, "help": f.help}
-        for f in fields_of(hp_cls)
-    ]
+    scope = _SCOPES.get(k, name)
+    hparams = _fields(getattr(obj, "HParams", None), scope)
+    if k == "algorithms":
+        hparams += _objective_fields(obj)
     return {"kind": reg.singular, "name": name, "provider": _provider(reg, name), "doc": inspect.getdoc(obj) or "",
-            "scope": _SCOPES.get(k, name), "facts": _facts(k, obj), "hparams": hparams}
+            "scope": scope, "facts": _facts(k, obj), "hparams": hparams}
+
+
+def _fields(hp_cls: type | None, scope: str, only: tuple[str, ...] = (), note: str = "") -> list[dict[str, Any]]:
+    """The fields of an HParams class as rows (`key` = what --set takes); `only` keeps those names."""
+    if hp_cls is None:
+        return []
+    return [{"name": f.name, "scope": scope, "key": f"{scope}.{f.name}", "type": _type_str(f.type),
+             "default": list(f.default) if isinstance(f.default, tuple) else f.default,
+             "space": f.space.describe() if f.space else None, "range": f.bounds.describe() or None,
+             "help": f"{note}{f.help}"}
+            for f in fields_of(hp_cls) if not only or f.name in only]
+
+
+def _objective_fields(algo: Any) -> list[dict[str, Any]]:
+    """What else tunes an algorithm: the objectives it always adds (mt_l1's l1), and the weight of each
+    auxiliary objective --aux may add (w_aux)."""
+    rows: list[dict[str, Any]] = []
+    for name in getattr(algo, "extra_objectives", ()):
+        rows += _fields(_try_get(REGISTRIES["objectives"], name), name, note=f"[{name}, always added] ")
+    for name, cls in REGISTRIES["objectives"].load_all():
+        if getattr(cls, "role", None) == "auxiliary" and name not in algo.extra_objectives:
+            rows += _fields(getattr(cls, "HParams", None), name, ("weight",), f"[with --aux {name}] ")
+    return rows
+
+
+def _try_get(reg: Registry[Any], name: str) -> Any:
+    try:
+        return getattr(reg.get(name), "HParams", None)
+    except (ConfigError, PluginError):
+        return None
 
 
 def _facts(kind: str, obj: Any) -> dict[str, Any]:
@@ -78,8 +107,10 @@ def _facts(kind: str, obj: Any) -> dict[str, Any]:
                 "default backbone": obj.default_backbone, "defaults": obj.defaults or "-",
                 "presets": ", ".join(obj.presets) or "-"}
     if kind == "algorithms":
+        envs = ("yes: the dataset's environments, or its training groups where it declares none (then it uses "
+                "training group labels)" if getattr(obj, "uses_environments", False) else False)
         return {"uses train group labels": obj.uses_train_groups, "uses validation group labels":
-                obj.uses_val_groups, "needs --aux": obj.requires_auxiliary,
+                obj.uses_val_groups, "uses environments": envs, "needs --aux": obj.requires_auxiliary,
                 "adds objectives": ", ".join(obj.extra_objectives) or "-"}
     if kind == "objectives":
         return {"role": obj.role, "inputs": "/".join(obj.modalities), "needs patch masking": obj.needs_masking}

@@ -22,7 +22,8 @@ err = Console(stderr=True)
 
 
 def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """User errors become one line on stderr and exit code 2; bugs keep their traceback."""
+    """User errors become one line on stderr and a non-zero exit (2; 130 after Ctrl-C); bugs keep their
+    traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -30,7 +31,7 @@ def _fail_cleanly(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except RobustbenchError as exc:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            sys.exit(exc.exit_code)
 
     return wrapper
 
@@ -47,7 +48,34 @@ def main() -> None:
     """Train and compare multitask and group-robustness methods on standard splits."""
 
 
-class RichReporter:
+def _epoch_line(epoch: int, epochs: int, record: dict[str, Any]) -> str:
+    def pct(key: str) -> str:
+        v = record.get(key)
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    loss = record.get("train/loss")
+    return (f"epoch {epoch + 1}/{epochs}: loss {'-' if loss is None else f'{loss:.4f}'}, val worst-group "
+            f"{pct('val/worst_group_acc')}, val avg {pct('val/avg_acc')} ({record.get('time/epoch_s', 0):.1f} s)")
+
+
+class PlainReporter:
+    """One plain line per epoch on stderr, for logs that are not a terminal (batch jobs, Slurm)."""
+
+    def start(self, epochs: int, steps: int, start_epoch: int) -> None:
+        self.epochs = epochs
+
+    def resumed(self, epoch: int, out: Path) -> None:
+        click.echo(f"resuming {out} from its checkpoint after epoch {epoch + 1}", err=True)
+
+    def step(self, epoch: int, step: int, losses: dict[str, float]) -> None: ...
+
+    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        click.echo(_epoch_line(epoch, self.epochs, record), err=True)
+
+    def close(self) -> None: ...
+
+
+class RichReporter(PlainReporter):
     """A progress bar: epoch, step, loss and the last validation worst-group accuracy."""
 
     def __init__(self) -> None:
@@ -65,16 +93,27 @@ class RichReporter:
         self.task = self.progress.add_task("train", total=epochs * steps, completed=start_epoch * steps,
                                            epoch=f"{start_epoch + 1}/{epochs}", loss="-", wg=self.wg)
 
+    def resumed(self, epoch: int, out: Path) -> None:
+        err.print(f"resuming {escape(str(out))} from its checkpoint after epoch {epoch + 1}", highlight=False)
+
     def step(self, epoch: int, step: int, losses: dict[str, float]) -> None:
         self.progress.update(self.task, completed=epoch * self.steps + step, epoch=f"{epoch + 1}/{self.epochs}",
-                             loss=f"{losses['loss']:.4f}")
+                             loss=f"{losses['loss']:.4f}" if "loss" in losses else "-")
 
     def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        self.wg = f"{100 * record['val/worst_group_acc']:.1f}%"
+        wg = record.get("val/worst_group_acc")
+        self.wg = "-" if wg is None else f"{100 * wg:.1f}%"
         self.progress.update(self.task, wg=self.wg)
 
     def close(self) -> None:
         self.progress.stop()
+
+
+def _reporter(quiet: bool) -> Any:
+    """A progress bar on a terminal, plain lines in logs, nothing with --quiet/--json."""
+    if quiet:
+        return None
+    return RichReporter() if err.is_terminal else PlainReporter()
 
 
 @main.command()
@@ -93,7 +132,7 @@ class RichReporter:
 @click.option("--resume", is_flag=True, help="continue the run in --out from its own config.json")
 @click.option("--threads", type=int, default=0, help="torch CPU threads; 0 = auto (1 for tabular data on CPU, else all cores)")
 @click.option("--json", "as_json", is_flag=True, help="print final.json to stdout")
-@click.option("--quiet", is_flag=True, help="no progress bar")
+@click.option("--quiet", is_flag=True, help="no progress bar or per-epoch lines")
 @_fail_cleanly
 def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone: str | None, seed: int,
         hparams_seed: int, preset: str | None, overrides: tuple[str, ...], out_dir: Path | None, device: str,
@@ -115,7 +154,7 @@ def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone:
         spec = RunSpec(data=data, algorithm=algorithm, aux=aux_names, backbone=backbone, seed=seed,
                        hparams_seed=hparams_seed, preset=preset, overrides=overrides, device=device,
                        threads=threads)
-    result = run_fn(spec, out_dir, None if quiet or as_json else RichReporter())
+    result = run_fn(spec, out_dir, _reporter(quiet or as_json))
     if as_json:
         _print_json(result.final)
         return
@@ -181,11 +220,13 @@ def list_cmd(kind: str | None, as_json: bool) -> None:
             table.add_row(e["name"], summary, *([_groups(e)] if groups else []), provider)
         out.print(table)
     out.print(f"[dim]core = {CORE_DIST} {__version__}; groups: the group labels an algorithm trains with "
-              f"(train) or uses after training (val)[/]")
+              f"(train) or uses after training (val), or the environments it trains with (env: the dataset's, "
+              f"or its training groups where it declares none)[/]")
 
 
 def _groups(e: dict[str, Any]) -> str:
-    used = [s for s, key in (("train", "train groups"), ("val", "val groups")) if e.get(key)]
+    used = [s for s, key in (("train", "train groups"), ("val", "val groups"), ("env", "environments"))
+            if e.get(key)]
     return "+".join(used) or "-"
 
 
@@ -207,11 +248,12 @@ def show(kind: str, name: str, as_json: bool) -> None:
     for key, value in info.get("facts", {}).items():
         out.print(f"[bold]{key}:[/] {value}", highlight=False)
     if info["hparams"]:
-        table = Table(title=f"hyperparameters (--set {info['scope']}.FIELD=VALUE)")
-        for col in ("field", "type", "default", "search space", "help"):
-            table.add_column(col)
+        table = Table(title="hyperparameters (--set KEY=VALUE)")
+        for col in ("key", "type", "default", "range", "search space", "help"):
+            table.add_column(col, no_wrap=col == "key")
         for h in info["hparams"]:
-            table.add_row(h["name"], h["type"], json.dumps(h["default"]), h["space"] or "-", h["help"])
+            table.add_row(h["key"], h["type"], json.dumps(h["default"]), h.get("range") or "-", h["space"] or "-",
+                          escape(h["help"]))
         out.print(table)
 
 
@@ -222,16 +264,22 @@ def show(kind: str, name: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print the rows as JSON instead of Markdown")
 @_fail_cleanly
 def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool) -> None:
-    """Markdown leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR."""
+    """Markdown leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR.
+
+    A damaged run directory (unreadable config.json or final.json) is skipped with a warning on stderr."""
     from .leaderboard import checked_rows, leaderboard_markdown, write_leaderboards
 
+    def warn(skip: Any) -> None:  # stderr, so that --json output stays pure JSON on stdout
+        err.print(f"[yellow]warning:[/] skipped {escape(str(skip.path))}: {escape(skip.reason)}",
+                  highlight=False, soft_wrap=True)
+
     if as_json and out_dir is None:
-        _print_json(checked_rows(runs_dir))
+        _print_json(checked_rows(runs_dir, warn))
         return
     if out_dir is None:
-        click.echo(leaderboard_markdown(runs_dir))
+        click.echo(leaderboard_markdown(runs_dir, warn))
         return
-    for path in write_leaderboards(runs_dir, out_dir):
+    for path in write_leaderboards(runs_dir, out_dir, warn):
         out.print(f"wrote {path}")
 
 

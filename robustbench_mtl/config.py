@@ -15,6 +15,7 @@ except ModuleNotFoundError:  # Python 3.10
 from .data.base import Dataset, DataInfo
 from .errors import ConfigError
 from .hparams import Choice, LogUniform, build, draw, hp, parse_assignment, to_dict
+from .labels import LabelUse, label_use
 from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES, Provider
 
 
@@ -22,19 +23,19 @@ from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES, Provider
 class TrainHParams:
     """The training loop's hyperparameters (scope `train`)."""
 
-    epochs: int = hp(20, help="maximum number of epochs")
-    batch_size: int = hp(64, Choice((16, 32, 64, 128)), help="end-task batch size")
-    aux_batch_size: int = hp(0, help="auxiliary batch size; 0 = same as batch_size (the paper)")
-    lr: float = hp(1e-3, LogUniform(1e-4, 1e-2), help="learning rate")
-    weight_decay: float = hp(0.0, help="weight decay")
+    epochs: int = hp(20, ge=1, help="maximum number of epochs")
+    batch_size: int = hp(64, Choice((16, 32, 64, 128)), ge=1, help="end-task batch size")
+    aux_batch_size: int = hp(0, ge=0, help="auxiliary batch size; 0 = same as batch_size (the paper)")
+    lr: float = hp(1e-3, LogUniform(1e-4, 1e-2), gt=0, help="learning rate")
+    weight_decay: float = hp(0.0, ge=0, help="weight decay")
     optimizer: Literal["adam", "adamw", "sgd"] = hp("adam", help="optimizer")
-    momentum: float = hp(0.9, help="SGD momentum")
+    momentum: float = hp(0.9, ge=0, lt=1, help="SGD momentum")
     scheduler: Literal["constant", "cosine", "linear"] = hp("constant", help="learning-rate schedule")
-    warmup_steps: int = hp(0, help="linear warmup steps")
-    grad_clip: float = hp(0.0, help="clip the gradient norm to this value; 0 = off")
-    patience: int = hp(10, help="stop when both val worst-group and val average accuracy stalled this "
+    warmup_steps: int = hp(0, ge=0, help="linear warmup steps")
+    grad_clip: float = hp(0.0, ge=0, help="clip the gradient norm to this value; 0 = off")
+    patience: int = hp(10, ge=0, help="stop when both val worst-group and val average accuracy stalled this "
                                 "many epochs; 0 = never stop early")
-    eval_batch_size: int = hp(512, help="batch size for evaluation")
+    eval_batch_size: int = hp(512, ge=1, help="batch size for evaluation")
     precision: Literal["auto", "fp32", "bf16"] = hp("auto", help="auto = bf16 autocast on CUDA, fp32 on CPU")
 
 
@@ -42,7 +43,7 @@ class TrainHParams:
 class ModelHParams:
     """How the runner assembles the model around the backbone (scope `model`)."""
 
-    head_norm: float = hp(0.0, help="rescale each task head's weight to this Frobenius norm after every "
+    head_norm: float = hp(0.0, ge=0, help="rescale each task head's weight to this Frobenius norm after every "
                                     "step; 0 = off")
 
 
@@ -75,7 +76,8 @@ class RunSpec:
 
 @dataclass
 class Resolved:
-    """A validated run: components, objectives in order, hparams per scope, and the loaded dataset."""
+    """A validated run: components, objectives in order, hparams per scope, the loaded dataset, and the
+    labels the algorithm may see (`use`)."""
 
     spec: RunSpec
     backbone: str
@@ -83,6 +85,7 @@ class Resolved:
     hparams: dict[str, Any]
     dataset: Dataset
     info: DataInfo
+    use: LabelUse
     classes: dict[str, type] = field(repr=False, default_factory=dict)
 
     def hparams_json(self) -> dict[str, dict[str, Any]]:
@@ -188,9 +191,10 @@ def resolve(spec: RunSpec) -> Resolved:
     ):
         raise ConfigError(f"algorithm '{spec.algorithm}' needs an auxiliary objective: pass --aux with one of "
                           f"{', '.join(auxiliary_choices(backbone, backbone_cls, info))}")
+    use = label_use(algo_cls, spec.algorithm, info)
     classes = {"dataset": data_cls, "backbone": backbone_cls, "algorithm": algo_cls,
                **{f"objective:{o}": c for o, c in obj_classes.items()}}
-    return Resolved(spec, backbone, objectives, hparams, dataset, info, classes)
+    return Resolved(spec, backbone, objectives, hparams, dataset, info, use, classes)
 
 
 def auxiliary_choices(backbone: str, backbone_cls: type, info: DataInfo) -> list[str]:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 
 class RobustbenchError(Exception):
-    """Base class; the CLI prints these as one line and exits non-zero."""
+    """Base class; the CLI prints these as one line and exits with `exit_code`."""
+
+    exit_code = 2
 
 
 class ConfigError(RobustbenchError):
@@ -20,3 +22,9 @@ class DataNotFoundError(RobustbenchError):
 
 class RunFailedError(RobustbenchError):
     """A run that cannot go on (e.g. a non-finite loss); no final.json is written."""
+
+
+class Interrupted(RobustbenchError):
+    """Ctrl-C during a run: the message says what is checkpointed and the command that resumes."""
+
+    exit_code = 130  # the shell's convention for SIGINT

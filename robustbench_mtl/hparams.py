@@ -80,9 +80,40 @@ class IntRange(Space):
         return f"int[{self.low}, {self.high}]"
 
 
-def hp(default: Any, space: Space | None = None, help: str = "") -> Any:
-    """Declare a hyperparameter field with its default, optional search space and one-line help."""
-    return dataclasses.field(default=default, metadata={"space": space, "help": help})
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a number (or of every element of a tuple): ge/gt and le/lt, None = unbounded."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def violated(self, value: float) -> bool:
+        return ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt))
+
+    def describe(self) -> str:
+        """E.g. '>= 1', '> 0', 'in (0, 1]'; '' when unbounded."""
+        low = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        if high:
+            return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+        return ""
+
+
+def hp(default: Any, space: Space | None = None, help: str = "", *, ge: float | None = None,
+       gt: float | None = None, le: float | None = None, lt: float | None = None) -> Any:
+    """Declare a hyperparameter field: default, optional search space, one-line help and valid range.
+
+    `ge`/`gt`/`le`/`lt` bound a number (every element of a tuple); values outside are refused when set.
+    """
+    return dataclasses.field(default=default, metadata={"space": space, "help": help,
+                                                        "bounds": Bounds(ge, gt, le, lt)})
 
 
 @dataclass(frozen=True)
@@ -92,15 +123,25 @@ class FieldInfo:
     default: Any
     space: Space | None
     help: str
+    bounds: Bounds = Bounds()
 
 
 def fields_of(cls: type) -> list[FieldInfo]:
     """The declared hyperparameters of a dataclass, with resolved type hints."""
     hints = typing.get_type_hints(cls)
     return [
-        FieldInfo(f.name, hints[f.name], f.default, f.metadata.get("space"), f.metadata.get("help", ""))
+        FieldInfo(f.name, hints[f.name], f.default, f.metadata.get("space"), f.metadata.get("help", ""),
+                  f.metadata.get("bounds") or Bounds())
         for f in dataclasses.fields(cls)
     ]
+
+
+def check_bounds(key: str, value: Any, bounds: Bounds) -> Any:
+    """`value` if it (every element, for a tuple) lies in `bounds`, else a ConfigError naming the range."""
+    for v in value if isinstance(value, tuple) else (value,):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and bounds.violated(v):
+            raise ConfigError(f"{key} must be {bounds.describe()}, got {v!r}")
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -163,6 +204,22 @@ def coerce(key: str, tp: Any, value: Any) -> Any:
     raise ConfigError(f"{key} has an unsupported type {tp!r}")
 
 
+def space_values(space: Space) -> tuple[Any, ...]:
+    """The values that bound a search space: every choice, or the two ends of a range."""
+    if isinstance(space, Choice):
+        return space.values
+    return (space.low, space.high) if isinstance(space, (Uniform, LogUniform, IntRange)) else ()
+
+
+def check_declaration(scope: str, info: FieldInfo) -> None:
+    """Raise ConfigError unless the field's default and search space lie in its declared range and type."""
+    key = f"{scope}.{info.name}"
+    check_bounds(key, coerce(key, info.type, info.default), info.bounds)
+    if info.space is not None:
+        for value in space_values(info.space):
+            check_bounds(f"{key} (search space)", coerce(key, info.type, value), info.bounds)
+
+
 def field_rng(seed: int, scope: str, name: str) -> random.Random:
     """A generator per (seed, scope, field): adding a field never shifts the other draws."""
     digest = hashlib.sha256(f"{seed}|{scope}|{name}".encode()).digest()
@@ -188,7 +245,8 @@ def build(cls: type, scope: str, layers: Sequence[Mapping[str, Any]]) -> Any:
         for name, raw in layer.items():
             if name not in infos:
                 raise ConfigError(unknown_key_message(f"{scope}.{name}", [f"{scope}.{n}" for n in infos]))
-            values[name] = coerce(f"{scope}.{name}", infos[name].type, raw)
+            key = f"{scope}.{name}"
+            values[name] = check_bounds(key, coerce(key, infos[name].type, raw), infos[name].bounds)
     return cls(**values)
 
 

@@ -16,18 +16,30 @@ def stream_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
 
 
-def epoch_order(n: int, seed: int, stream: str, epoch: int, weights: Tensor | None = None) -> Tensor:
-    """Example order for one epoch: a permutation, or n weighted draws with replacement."""
+def epoch_order(n: int, seed: int, stream: str, epoch: int, weights: Tensor | None = None,
+                repeats: Tensor | None = None) -> Tensor:
+    """Example order for one epoch: a permutation of the n examples; n weighted draws with replacement;
+    or a permutation of the upsampled dataset where example i appears repeats[i] times."""
     gen = torch.Generator().manual_seed(stream_seed(seed, stream, epoch))
+    if weights is not None and repeats is not None:
+        raise ValueError("an epoch is either weighted draws or an upsampled pass, not both")
+    if repeats is not None:
+        copies = torch.repeat_interleave(torch.arange(n), repeats.long().cpu())
+        return copies[torch.randperm(len(copies), generator=gen)]
     if weights is None:
         return torch.randperm(n, generator=gen)
     return torch.multinomial(weights.double().cpu(), n, replacement=True, generator=gen)
 
 
-def epoch_batches(split: TensorSplit, batch_size: int, seed: int, epoch: int,
-                  weights: Tensor | None = None) -> Iterator[Batch]:
+def epoch_length(n: int, repeats: Tensor | None = None) -> int:
+    """Examples in one epoch: n, or the size of the upsampled dataset."""
+    return n if repeats is None else int(repeats.long().sum())
+
+
+def epoch_batches(split: TensorSplit, batch_size: int, seed: int, epoch: int, weights: Tensor | None = None,
+                  repeats: Tensor | None = None) -> Iterator[Batch]:
     """The end-task batches of one epoch (the last one may be smaller, as a DataLoader's)."""
-    order = epoch_order(len(split), seed, "train", epoch, weights).to(split.g.device)
+    order = epoch_order(len(split), seed, "train", epoch, weights, repeats).to(split.g.device)
     for start in range(0, len(order), batch_size):
         yield split.batch(order[start:start + batch_size])
 

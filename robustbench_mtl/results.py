@@ -90,12 +90,88 @@ class RunRecord:
     final: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class SkippedRun:
+    """A run directory with a final.json that could not be used, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+# What a reader of finished runs (the leaderboard) relies on in config.json: (dotted key, type, type's name).
+_CONFIG_NEEDS = (("identity", dict, "an object"), ("identity.seed", int, "an integer"), ("spec", dict, "an object"),
+                 ("spec.data", str, "a string"), ("spec.algorithm", str, "a string"), ("backbone", str, "a string"),
+                 ("objectives", list, "a list"), ("components", dict, "an object"),
+                 ("algorithm_flags", dict, "an object"), ("algorithm_flags.uses_train_groups", bool, "true/false"),
+                 ("algorithm_flags.uses_val_groups", bool, "true/false"))
+
+
+def _lookup(obj: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def _config_problem(config: Any) -> str | None:
+    """Why config.json cannot describe a run, or None."""
+    if not isinstance(config, dict):
+        return f"{CONFIG} is not a JSON object"
+    for key, kind, name in _CONFIG_NEEDS:
+        value = _lookup(config, key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{CONFIG} has no {key} ({name})"
+    aux = config["spec"].get("aux") or []
+    if not isinstance(aux, list) or not all(isinstance(o, str) for o in [*config["objectives"], *aux]):
+        return f"{CONFIG} objectives and spec.aux must be lists of names"
+    if not all(isinstance(c, dict) for c in config["components"].values()):
+        return f"{CONFIG} components must map each kind to an object"
+    return None
+
+
+def _final_problem(final: Any) -> str | None:
+    """Why final.json is not a finished run's record, or None (a protocol lacking a metric is fine)."""
+    if not isinstance(final, dict):
+        return f"{FINAL} is not a JSON object"
+    if final.get("status") != "finished":
+        return f"{FINAL} status is {json.dumps(final.get('status'))}, not \"finished\""
+    if not isinstance(final.get("selections"), dict):
+        return f"{FINAL} has no selections (an object)"
+    bad = [p for p, e in final["selections"].items() if not isinstance(e, dict)]
+    return f"{FINAL} selections.{bad[0]} is not an object" if bad else None
+
+
+def _read(path: Path) -> tuple[Any, str | None]:
+    """(parsed JSON, None) or (None, one-line reason); a half-written or damaged file is not an exception."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except FileNotFoundError:
+        return None, f"{path.name} is missing"
+    except json.JSONDecodeError as exc:
+        return None, f"{path.name} is not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})"
+    except UnicodeDecodeError:
+        return None, f"{path.name} is not UTF-8 text"
+    except OSError as exc:
+        return None, f"{path.name} could not be read ({exc.strerror or exc})"
+
+
+def scan_runs(root: Path) -> tuple[list[RunRecord], list[SkippedRun]]:
+    """Every run directory under `root` with a final.json (the done marker), in path order: the usable
+    runs, and the damaged ones with the reason each was skipped. Directories without final.json
+    (still running, or failed) are neither: they are not finished."""
+    runs, skipped = [], []
+    for final_path in sorted(Path(root).rglob(FINAL)):
+        run_dir = final_path.parent
+        final, problem = _read(final_path)
+        problem = problem or _final_problem(final)
+        config, config_error = (None, None) if problem else _read(run_dir / CONFIG)
+        problem = problem or config_error or _config_problem(config)
+        if problem:
+            skipped.append(SkippedRun(run_dir, problem))
+        else:
+            runs.append(RunRecord(run_dir, config, final))
+    return runs, skipped
+
+
 def finished_runs(root: Path) -> list[RunRecord]:
-    """Every run directory under `root` that holds a final.json (the done marker)."""
-    runs = []
-    for final in sorted(Path(root).rglob(FINAL)):
-        run_dir = final.parent
-        if not (run_dir / CONFIG).exists():
-            continue
-        runs.append(RunRecord(run_dir, read_json(run_dir / CONFIG), read_json(final)))
-    return runs
+    """The usable finished runs under `root` (see `scan_runs`; damaged ones are left out)."""
+    return scan_runs(root)[0]

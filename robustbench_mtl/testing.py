@@ -15,11 +15,12 @@ from .checkpoint import seed_everything
 from .config import ModelHParams, TrainHParams
 from .data.base import SPLITS, DataInfo, TensorSplit
 from .errors import RobustbenchError
-from .hparams import build
+from .hparams import build, check_declaration, fields_of
+from .labels import algorithm_info, label_use, train_view
 from .loaders import AuxStream, epoch_batches
 from .objectives.base import AuxiliaryTask, Penalty
 from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES
-from .runner import assemble
+from .trainer import assemble
 from .types import Outputs
 
 N, GROUPS, CLASSES, STEPS, BATCH = 64, 4, 2, 3, 16
@@ -66,6 +67,8 @@ def _check_component(kind: str, name: str, cls: Any) -> None:
     for f in dataclasses.fields(hp_cls):
         assert f.default is not dataclasses.MISSING and f.metadata.get("help"), \
             f"{kind} '{name}': HParams.{f.name} needs a default and help text: hp(default, help=...)"
+    for info in fields_of(hp_cls):  # ConfigError (an AssertionError here) names the field and its range
+        check_declaration(name, info)
     hp_cls()
 
 
@@ -98,25 +101,30 @@ class _Setup:
             c.check(o, backbone, self.backbone_cls, self.info)
         self.backbone_hp = build(self.backbone_cls.HParams, "backbone", [backbone_hp or {}])
         self.train_hp = TrainHParams(epochs=1, batch_size=BATCH, lr=1e-3, patience=0)
-        t = self.splits["train"]  # as the runner: group-free methods never see a training group id
-        self.train = t if self.algo_cls.uses_train_groups else TensorSplit(t.x, t.y, torch.full_like(t.g, -1), t.e)
+        # As the runner: the algorithm sees only the group and environment ids it declares a use of.
+        self.use = label_use(self.algo_cls, algorithm, self.info)
+        self.train = train_view(self.splits["train"], self.use)
 
     def build(self, seed: int) -> Any:
         classes = {"backbone": self.backbone_cls, "algorithm": self.algo_cls,
                    **{f"objective:{o}": c for o, c in self.obj_classes.items()}}
         hparams = {"backbone": self.backbone_hp, "algorithm": self.algo_cls.HParams(), "train": self.train_hp,
                    "model": ModelHParams(), **{o: c.HParams() for o, c in self.obj_classes.items()}}
-        return assemble(classes, hparams, list(self.obj_classes), self.info, seed, STEPS)
+        return assemble(classes, hparams, list(self.obj_classes), algorithm_info(self.info, self.use), seed, STEPS)
 
     def train_steps(self, algo: Any, seed: int) -> tuple[list[dict[str, float]], AuxStream | None]:
+        algo.train_split = self.train
         algo.setup(self.train)
-        weights = algo.sampler_weights(self.train)
+        weights, repeats = algo.sampler_weights(self.train), algo.sampler_repeats(self.train)
         if weights is not None:
             ok = weights.shape == (len(self.train),) and bool((weights >= 0).all()) and float(weights.sum()) > 0
             assert ok, f"{self.who}: sampler_weights must be non-negative [N] with a positive sum"
+        if repeats is not None:
+            ok = repeats.shape == (len(self.train),) and not repeats.is_floating_point() and bool((repeats >= 0).all())
+            assert ok and weights is None, f"{self.who}: sampler_repeats must be integer >= 0 [N], without weights"
         has_aux = any(isinstance(o, AuxiliaryTask) for o in algo.model.objectives.values())
         aux = AuxStream(self.train, BATCH, seed) if has_aux else None
-        batches = list(epoch_batches(self.train, BATCH, seed, 0, weights))[:STEPS]
+        batches = list(epoch_batches(self.train, BATCH, seed, 0, weights, repeats))[:STEPS]
         return [_finite_losses(self.who, algo.update(b, aux.next() if aux else None)) for b in batches], aux
 
     def predict(self, algo: Any) -> dict[str, Tensor]:
@@ -131,7 +139,15 @@ class _Setup:
         """Updates, predict, determinism, checkpoint round trip, and resuming gives the same next step."""
         torch.set_num_threads(1)
         a = self.build(seed=0)
+        before = {n: p.detach().clone() for n, p in a.named_parameters() if p.requires_grad}
         losses, aux = self.train_steps(a, seed=0)
+        # A parameter that gets gradients but never moves is in no optimizer (e.g. a second network built
+        # outside __init__); one without gradients (an unused mask token) is simply not used by this setup.
+        frozen = [n for n, p in a.named_parameters() if n in before and torch.equal(before[n], p.detach())
+                  and p.grad is not None and bool(p.grad.abs().sum() > 0)]
+        assert not frozen, (f"{self.who}: parameters received gradients but never changed in {STEPS} updates: "
+                            f"{frozen[:5]}; networks the algorithm adds must be attributes set in __init__ (the "
+                            f"optimizer covers optimized_parameters()) or be stepped by its own optimizer")
         pred = self.predict(a)
         again, _ = self.train_steps(self.build(seed=0), seed=0)
         assert losses == again, f"{self.who}: the same seed gave different losses:\n{losses}\n{again}"

@@ -173,7 +173,7 @@ def test_group_dro_composes_with_aux() -> None:
     testing.check_algorithm("group_dro", aux=("recon",))
 
 
-def test_group_algorithms_see_real_training_groups(tmp_path: Path) -> None:
+def test_group_algorithms_see_real_training_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: set[int] = set()
     base = ALGORITHMS.get("group_dro")
 
@@ -184,7 +184,7 @@ def test_group_algorithms_see_real_training_groups(tmp_path: Path) -> None:
             seen.update(batch.g.tolist())
             return super().update(batch, aux_batch)
 
-    ALGORITHMS.register("_spy_group_dro")(Spy)
+    monkeypatch.setitem(ALGORITHMS._items, "_spy_group_dro", Spy)  # registered for this test only
     run(RunSpec("synthetic", "_spy_group_dro", overrides=("train.epochs=1",)), tmp_path / "r")
     assert seen == {0, 1, 2, 3}
 

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import LogisticRegression
+import numpy as np
 
+from robustbench_mtl.algorithms import dfr as dfr_module
 from robustbench_mtl.algorithms.dfr import balanced_resamples, split_halves
 from robustbench_mtl.algorithms.irm import irm_terms
 from robustbench_mtl.algorithms.jtt import JTT
 from robustbench_mtl.algorithms.vrex import vrex_terms
 from robustbench_mtl.config import RunSpec, TrainHParams
-from robustbench_mtl.data.base import TensorSplit
 from robustbench_mtl.results import TIMING_KEYS, read_jsonl
 from robustbench_mtl.runner import Reporter, run
 from robustbench_mtl.testing import _Setup, check_algorithm
@@ -34,8 +34,8 @@ def _algo(name: str, **hparams: Any) -> tuple[_Setup, Any]:
 
 
 # -- JTT ------------------------------------------------------------------------------------
-def test_jtt_error_set_and_weights_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
-    setup, algo = _algo("jtt", lambda_up=6.0)
+def test_jtt_error_set_and_repeats_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    setup, algo = _algo("jtt", lambda_up=6)
     train = setup.train
     train.y["y"][5] = -1  # unlabelled: never in the error set
     # A controlled identification model: class 1 iff the first feature > 0.5 (chunks of 10 rows).
@@ -44,9 +44,46 @@ def test_jtt_error_set_and_weights_by_hand(monkeypatch: pytest.MonkeyPatch) -> N
     error = algo.error_set(train)
     assert error.tolist() == hand and 0 < sum(hand) < len(train)
     algo.error = error
-    weights = algo.sampler_weights(train)
-    assert weights.tolist() == [6.0 if e else 1.0 for e in hand]
-    assert float(weights.sum()) == len(train) + 5 * sum(hand)  # N + (lambda_up - 1) |E| draws in expectation
+    assert algo.sampler_weights(train) is None
+    repeats = algo.sampler_repeats(train)
+    assert repeats.tolist() == [6 if e else 1 for e in hand]
+    assert int(repeats.sum()) == len(train) + 5 * sum(hand)  # the official upsampled dataset's size
+
+
+def test_jtt_stage2_epoch_is_the_upsampled_dataset(tmp_path: Path) -> None:
+    # Official JTT: stage 2 is a shuffled pass over N + (lambda_up - 1)|E| examples an epoch, each error
+    # example lambda_up times, and the LR schedule spans epochs x that many batches.
+    seen: list[list[int]] = []
+    original = JTT.update
+
+    def spy(self, batch, aux_batch=None):
+        seen[-1].extend(batch.idx.tolist())
+        return original(self, batch, aux_batch)
+
+    class EpochMarks(Reporter):
+        def start(self, epochs, steps, start_epoch):
+            seen.append([])
+
+        def epoch_end(self, epoch, record):
+            seen.append([])
+
+    spec = RunSpec("synthetic", "jtt", overrides=("train.epochs=2", "algorithm.first_stage_epochs=1",
+                                                  "algorithm.lambda_up=5", "train.scheduler=linear"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(JTT, "update", spy)
+        out = run(spec, tmp_path / "r", reporter=EpochMarks()).out_dir
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    error = state["extra"]["error"]
+    n, n_err = len(error), int(error.sum())
+    assert 0 < n_err < n
+    for epoch in seen[:2]:  # every example once, each error-set example 5 times, in a shuffled order
+        counts = torch.bincount(torch.tensor(epoch), minlength=n)
+        assert len(epoch) == n + 4 * n_err and torch.equal(counts, 1 + 4 * error.long())
+    assert seen[0] != seen[1] and seen[0] != sorted(seen[0])
+    steps = -(-(n + 4 * n_err) // 50)
+    recs = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in recs if "phase" not in r] == [steps, 2 * steps]
+    assert recs[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # linear decay reaches 0 at epochs x steps
 
 
 def test_jtt_setup_resets_to_initial_weights() -> None:
@@ -144,32 +181,90 @@ def test_dfr_halves_and_balanced_resamples() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(draws, balanced_resamples(g, 4, seed=2)))
 
 
+def _dfr_with_spies(monkeypatch: pytest.MonkeyPatch, **hparams: Any) -> tuple[_Setup, Any, list, list]:
+    """DFR on the tiny data with every regression fit and the val evaluation recorded."""
+    setup, algo = _algo("dfr", **hparams)
+    algo.train_split = setup.train
+    fits: list[dict[str, Any]] = []
+    evaluated: list[dict[str, Any]] = []
+    original = dfr_module.fit_logits
+
+    def fit_spy(reg, C, z, y, n_classes, seed):
+        fits.append({"C": C, "z": z, "y": y})
+        return original(reg, C, z, y, n_classes, seed)
+
+    def evaluate_spy(split):
+        evaluated.append({"x": split.x.clone(), "head": algo.model.heads["y"].weight.detach().clone()})
+        return {"val/avg_acc": 0.5}
+
+    monkeypatch.setattr(dfr_module, "fit_logits", fit_spy)
+    algo.split_evaluator = evaluate_spy
+    return setup, algo, fits, evaluated
+
+
+def test_dfr_tunes_on_half_and_refits_on_all_of_val(monkeypatch: pytest.MonkeyPatch) -> None:
+    setup, algo, fits, evaluated = _dfr_with_spies(monkeypatch, n_resamples=3, tune_resamples=2)
+    val = setup.splits["val"]
+    report = algo.after_training(val)
+    grid = dfr_module.DFR_C_GRID
+    tuning, final = fits[:2 * len(grid)], fits[2 * len(grid):]
+    assert [f["C"] for f in tuning] == [c for c in grid for _ in range(2)]  # 2 draws per C, in grid order
+    assert len(final) == 3 and len({f["C"] for f in final}) == 1 and report["dfr/C"] == final[0]["C"]
+    fit_half, held_half = split_halves(val.g, 0)
+    n_min = int(torch.bincount(val.g[fit_half]).min())
+    assert all(len(f["y"]) == 4 * n_min for f in tuning)  # group-balanced draws of the fitting half
+    assert all(len(f["y"]) == 4 * int(torch.bincount(val.g).min()) for f in final)  # of all of val
+    # The reported val metrics come from the held-out half, scored by the tuning fit, not the final fit.
+    assert len(evaluated) == 1 and torch.equal(evaluated[0]["x"], val.x[held_half])
+    assert not torch.equal(evaluated[0]["head"], algo.model.heads["y"].weight.detach())
+    assert report["val/avg_acc"] == 0.5
+
+
+def test_dfr_final_fit_is_standardized_with_training_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    setup, algo, fits, _ = _dfr_with_spies(monkeypatch, n_resamples=1, C=(0.3,))
+    val = setup.splits["val"]
+    algo.after_training(val)
+    scaler = StandardScaler().fit(algo.features(setup.train).double().numpy())  # the official evaluation's
+    z_val = scaler.transform(algo.features(val).double().numpy())
+    final = fits[-1]["z"]
+    rows = [int(np.flatnonzero(np.isclose(z_val, row, atol=1e-5).all(1))[0]) for row in final]
+    assert len(set(rows)) == len(rows) == len(final)  # every fitted row is a val row under the train scaler
+
+
+def test_dfr_l1_fit_is_sparse_and_l2_is_not() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 30, generator=gen)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).long()
+    g = 2 * y + (torch.rand(400, generator=gen) > 0.5).long()
+    draws = balanced_resamples(g, 1, seed=0)
+    w1, _ = dfr_module.averaged_head("l1", 0.05, x, y, draws, 2, None, seed=0)
+    w2, _ = dfr_module.averaged_head("l2", 0.05, x, y, draws, 2, None, seed=0)
+    assert int((w1[1] == 0).sum()) >= 20 and bool(w1[1, 0] > 0)  # most noise features exactly zero
+    assert int((w2[1] == 0).sum()) == 0
+
+
+def test_logistic_regression_spells_the_penalty_for_each_sklearn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sklearn
+
+    monkeypatch.setattr(sklearn, "__version__", "1.7.2")
+    old = dfr_module.logistic_regression("l1", 0.1, False, 0).get_params()
+    assert old["penalty"] == "l1"  # < 1.8 ignores l1_ratio unless penalty='elasticnet'
+    monkeypatch.setattr(sklearn, "__version__", "1.8.0")
+    new = dfr_module.logistic_regression("l1", 0.1, False, 0).get_params()
+    assert new["l1_ratio"] == 1.0 and new["penalty"] in ("deprecated", "l2")  # `penalty` left at its default
+
+
 def test_dfr_retrained_heads_change_predictions() -> None:
     setup, algo = _algo("dfr")
     val = setup.splits["val"]
     before = algo.predict(val.inputs(slice(None)))["y"].argmax(1)
-    held = algo.after_training(val)
-    assert isinstance(held, TensorSplit) and len(held) == len(val) // 2
-    assert torch.bincount(held.g).tolist() == [8, 8, 8, 8]
-    assert set(held.x.flatten().tolist()) <= set(val.x[split_halves(val.g, 0)[1]].flatten().tolist())
+    report = algo.after_training(val)
+    assert report["dfr/C"] in dfr_module.DFR_C_GRID
     after = algo.predict(val.inputs(slice(None)))["y"].argmax(1)
     assert not torch.equal(after, before)
     assert (after == val.y["y"]).float().mean() > 0.7  # the tiny data's label feature separates well
-
-
-def test_dfr_head_folds_the_standardized_regression() -> None:
-    setup, algo = _algo("dfr", n_resamples=1, C=0.3)
-    val = setup.splits["val"]
-    idx = torch.arange(len(val))
-    feats, y, g = algo.features(val, idx), val.y["y"], val.g
-    algo.fit_head("y", feats, y, g, seed=3)
-    draw = balanced_resamples(g, 1, 3)[0]
-    mean, std = feats.mean(0), feats.std(0, unbiased=False).clamp_min(1e-6)
-    z = ((feats - mean) / std).double().numpy()
-    lr = LogisticRegression(l1_ratio=1.0, C=0.3, solver="liblinear", max_iter=1000, random_state=3)
-    decision = torch.as_tensor(lr.fit(z[draw.numpy()], y[draw].numpy()).decision_function(z), dtype=torch.float32)
-    logits = algo.model.heads["y"](feats)
-    assert torch.allclose(logits[:, 1] - logits[:, 0], decision, atol=1e-4)
 
 
 # -- BR-DRO (reimplementation) -------------------------------------------------------------
@@ -206,6 +301,7 @@ def test_two_epoch_synthetic_run(name: str, tmp_path: Path) -> None:
     if name == "dfr":
         assert phases == [None, None, "after_training"] and recs[-1]["epoch"] == 2
         assert len([k for k in recs[-1] if k.startswith("val/group_acc@")]) == 4
+        assert recs[-1]["dfr/C"] in dfr_module.DFR_C_GRID
         for sel in final["selections"].values():  # every protocol reports the retrained model
             assert sel["epoch"] == 2 and sel["phase"] == "after_training"
             assert sel["test"]["worst_group_acc"] == recs[-1]["test/worst_group_acc"]
@@ -240,3 +336,23 @@ def test_jtt_records_stage1_and_selects_by_option(tmp_path, phase2_only: bool) -
         assert "phase" not in chosen and chosen["test"]["worst_group_acc"] == stage2_best
     else:
         assert chosen["test"]["worst_group_acc"] == max(stage1_best, stage2_best)
+
+
+@pytest.mark.parametrize("phase2_only", [True, False])
+def test_jtt_option_decides_whether_a_better_stage1_record_can_win(phase2_only: bool) -> None:
+    from robustbench_mtl.selection import select_all
+
+    _, algo = _algo("jtt", select_phase2_only=phase2_only)
+
+    def rec(epoch: int, wg: float, phase: str | None) -> dict[str, Any]:
+        r = {"epoch": epoch, "val/worst_group_acc": wg, "val/avg_acc": wg, "val/worst_class_acc": wg,
+             "test/worst_group_acc": wg}
+        return {**r, "phase": phase} if phase else r
+
+    records = [rec(0, 0.9, "setup"), rec(1, 0.8, "setup"), rec(0, 0.5, None), rec(1, 0.6, None)]
+    chosen = select_all(records, 0, selectable=algo.selectable)
+    for entry in chosen.values():
+        if phase2_only:
+            assert "phase" not in entry and entry["epoch"] == 1 and entry["val"]["worst_group_acc"] == 0.6
+        else:  # the released mt_l1 code's behaviour: the stage-1 ERM model wins
+            assert entry["phase"] == "setup" and entry["epoch"] == 0 and entry["val"]["worst_group_acc"] == 0.9

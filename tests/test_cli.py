@@ -88,14 +88,53 @@ def test_run_json_and_resume_flag(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_toybirds_main_job_writes_every_file(tmp_path: Path) -> None:
-    # The Quickstart's job, shortened to one epoch: every file and every protocol's test numbers.
+    # The Quickstart's job, shortened to one epoch: every file, each protocol's numbers are those of the
+    # epoch it chose, its saved weights reproduce them, and the printed table shows them.
+    import torch
+
+    from robustbench_mtl.config import RunSpec, resolve
+    from robustbench_mtl.results import read_jsonl
+    from robustbench_mtl.runner import build, evaluate
+
     out = tmp_path / "demo"
     res = invoke("run", "--algo", "mt_l1", "--aux", "simclr", "--data", "toybirds", "--set", "train.epochs=1",
                  "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
-    final = json.loads((out / "final.json").read_text())
-    for proto in ("val_worst_group", "val_avg", "val_worst_class", "oracle_worst_group"):
-        assert 0.0 <= final["selections"][proto]["test"]["worst_group_acc"] <= 1.0
-        assert 0.0 <= final["selections"][proto]["test"]["avg_acc"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     assert config["objectives"] == ["simclr", "l1"] and config["backbone"] == "vit_tiny"
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [0]
+    final = json.loads((out / "final.json").read_text())
+    assert final["status"] == "finished" and final["epochs_run"] == 1
+    assert set(final["selections"]) == {"val_worst_group", "val_avg", "val_worst_class", "oracle_worst_group"}
+    r = resolve(RunSpec.from_json(config["spec"]))
+    test_split = r.dataset.load()["test"]
+    rows = [ln for ln in res.output.splitlines() if "│" in ln]
+    for proto, sel in final["selections"].items():
+        rec = next(x for x in records if x["epoch"] == sel["epoch"] and "phase" not in x)
+        for split in ("val", "test"):
+            assert sel[split] == {k.partition("/")[2]: v for k, v in rec.items() if k.startswith(f"{split}/")}
+        assert sel["weights"] == f"selected/{proto}.pt" and (out / sel["weights"]).is_file()
+        algo = build(r, torch.device("cpu"), total_steps=1)
+        algo.model.load_state_dict(torch.load(out / sel["weights"], weights_only=True))
+        again = evaluate(algo, test_split, "test", r)
+        assert again["test/avg_acc"] == pytest.approx(rec["test/avg_acc"], abs=1e-6)
+        assert again["test/worst_group_acc"] == pytest.approx(rec["test/worst_group_acc"], abs=1e-6)
+        # the summary table's row: name, epoch, val WG, test WG, test avg (percent, one decimal)
+        row = next(ln for ln in rows if ln.split("│")[1].strip().startswith(proto))
+        cells = [c.strip() for c in row.split("│")[2:-1]]
+        assert cells == [str(sel["epoch"]), f"{100 * sel['val']['worst_group_acc']:.1f}",
+                         f"{100 * sel['test']['worst_group_acc']:.1f}", f"{100 * sel['test']['avg_acc']:.1f}"], row
+
+
+def test_show_algorithm_lists_the_objective_hparams_it_uses() -> None:
+    res = invoke("show", "algorithm", "mt_l1", "--json")
+    assert res.exit_code == 0, res.output
+    keys = {h["key"]: h for h in json.loads(res.output)["hparams"]}
+    assert {"l1.weight", "l1.target", "l1.normalizer"} <= set(keys)  # w_reg and how the penalty is taken
+    assert {"simclr.weight", "mim.weight", "recon.weight"} <= set(keys)  # w_aux of each possible --aux
+    assert "simclr.pairing" not in keys and keys["l1.weight"]["range"] == ">= 0"
+    text = invoke("show", "algorithm", "mt_l1")
+    assert text.exit_code == 0 and "l1.weight" in text.output and "simclr.weight" in text.output
+    erm = {h["key"] for h in json.loads(invoke("show", "algorithm", "erm", "--json").output)["hparams"]}
+    assert "l1.weight" not in erm and "simclr.weight" in erm  # erm adds no l1, but composes with --aux

@@ -1,6 +1,7 @@
 """Hyperparameter parsing, precedence, errors and seeded draws."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -84,3 +85,38 @@ def test_hparams_seed_changes_searchable_fields_only() -> None:
     assert drawn["train"].epochs == base["train"].epochs  # no search space: never drawn
     assert drawn["recon"].weight in (0.3679, 1.0, 2.7183)
     assert drawn != base
+
+
+def test_bounds_refuse_values_outside_the_declared_range() -> None:
+    @dataclass(frozen=True)
+    class H:
+        n: int = hp(1, ge=1, help="at least one")
+        rate: float = hp(0.5, gt=0, le=1, help="in (0, 1]")
+        widths: tuple[int, ...] = hp((4,), ge=1, help="each at least one")
+        free: float = hp(-3.0, help="unbounded")
+
+    assert build(H, "s", [{"n": "3", "rate": "1", "widths": "2,3", "free": "-1e9"}]) == H(3, 1.0, (2, 3), -1e9)
+    for key, value, message in [("n", "0", "s.n must be >= 1, got 0"), ("rate", "0", "s.rate must be in (0, 1]"),
+                                ("rate", "1.5", "s.rate must be in (0, 1], got 1.5"),
+                                ("widths", "4,0", "s.widths must be >= 1, got 0")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build(H, "s", [{key: value}])
+
+
+def test_every_registered_default_and_search_space_lies_in_its_range() -> None:
+    from robustbench_mtl.config import ModelHParams, TrainHParams
+    from robustbench_mtl.hparams import check_declaration, fields_of
+    from robustbench_mtl.registry import REGISTRIES
+
+    checked = 0
+    for reg in REGISTRIES.values():
+        for name, cls in reg.load_all():
+            for info in fields_of(cls.HParams) if hasattr(cls, "HParams") else []:
+                check_declaration(name, info)
+                checked += 1
+    for info in [*fields_of(TrainHParams), *fields_of(ModelHParams)]:
+        check_declaration("train", info)
+        checked += 1
+    assert checked > 60
+    bounded = {f.name: f.bounds.describe() for f in fields_of(TrainHParams)}
+    assert bounded["epochs"] == ">= 1" and bounded["lr"] == "> 0" and bounded["weight_decay"] == ">= 0"

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from click.testing import CliRunner
+
+from robustbench_mtl import leaderboard as lb
+from robustbench_mtl.cli import main
 from robustbench_mtl.errors import ConfigError
 from robustbench_mtl.leaderboard import collect_rows, leaderboard_markdown, render_markdown, write_leaderboards
+from robustbench_mtl.results import finished_runs
 
 GROUPS = ["y0_s0", "y0_s1", "y1_s0", "y1_s1"]
 CORE = {"dist": "robustbench-mtl", "version": "0.1.0"}
@@ -30,7 +35,8 @@ def _split(wg: float, avg: float) -> dict[str, float]:
 
 def make_run(root: Path, name: str, seed: int, val_wg: float, test_wg: float, test_avg: float,
              algorithm: str = "erm", aux: tuple[str, ...] = (), lr: float = 0.05, dataset: str = "synthetic",
-             epoch: int = 3, final: bool = True, plugin: str | None = None) -> Path:
+             epoch: int = 3, final: bool = True, plugin: str | None = None, train_groups: bool = False,
+             val_groups: bool = False) -> Path:
     """A run directory shaped like the runner's: config.json (see runner._config_json) and final.json."""
     hparams = {"data": {"n_train": 1000, "seed": 0}, "backbone": {"hidden": [], "rep_dim": 8},
                "algorithm": {}, "train": {"epochs": 5, "lr": lr, "patience": 0}, "model": {"head_norm": 1.0}}
@@ -48,7 +54,7 @@ def make_run(root: Path, name: str, seed: int, val_wg: float, test_wg: float, te
                      "hparams": hparams},
         "spec": {**spec, "device": "auto"}, "backbone": "mlp",
         "objectives": objectives, "hparams": hparams, "components": components,
-        "algorithm_flags": {"uses_train_groups": False, "uses_val_groups": False},
+        "algorithm_flags": {"uses_train_groups": train_groups, "uses_val_groups": val_groups},
         "data": {"name": dataset, "fingerprint": "e7377b7642ea916a", "tasks": {"y": 2}, "group_names": GROUPS,
                  "sizes": {"train": 1000, "val": 1000, "test": 2000}, "train_group_counts": [440, 56, 50, 454]},
         "provenance": {"versions": {"python": "3.11.7", "robustbench-mtl": "0.1.0"}, "git": None,
@@ -91,10 +97,15 @@ def test_mean_std_sem_over_seeds(tmp_path: Path) -> None:
     assert not row["uses_train_groups"] and row["components"]["algorithm"]["dist"] == "robustbench-mtl"
 
 
-def test_single_seed_has_zero_std(tmp_path: Path) -> None:
-    make_run(tmp_path, "erm-0", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)
-    row = _row(collect_rows(tmp_path))
-    assert (row["test_worst_group_acc_std"], row["test_worst_group_acc_sem"], row["n_seeds"]) == (0.0, 0.0, 1)
+def test_single_seed_has_no_std_in_json_or_markdown(tmp_path: Path) -> None:
+    runs, out = tmp_path / "runs", tmp_path / "lb"
+    make_run(runs, "erm-0", 0, val_wg=0.5, test_wg=0.57, test_avg=0.9)
+    write_leaderboards(runs, out)
+    row = _row(json.loads((out / "synthetic.json").read_text()))
+    assert row["n_seeds"] == 1 and row["test_worst_group_acc_mean"] == pytest.approx(0.57)
+    assert [row[f"test_{m}_{s}"] for m in ("worst_group_acc", "avg_acc") for s in ("std", "sem")] == [None] * 4
+    md = (out / "synthetic.md").read_text()
+    assert "| erm | mlp | Val-GP | 57.0 | 90.0 | 1 |" in md and "± 0.0" not in md
 
 
 def test_hparam_selection_picks_best_mean_validation_metric(tmp_path: Path) -> None:
@@ -120,11 +131,15 @@ def test_unfinished_runs_and_missing_metrics_are_skipped(tmp_path: Path) -> None
     final = json.loads((odd / "final.json").read_text())
     del final["selections"]["val_avg"]  # protocol absent
     final["selections"]["val_worst_group"]["val"]["worst_group_acc"] = None  # NaN is written as null
+    # Without its group-label flag the row could not say whether the protocol used val group labels.
+    del final["selections"]["oracle_worst_group"]["uses_val_groups"]
     (odd / "final.json").write_text(json.dumps(final))
-    rows = collect_rows(tmp_path)
+    rows, skipped = lb.scan_rows(tmp_path)
     assert _row(rows)["runs"] == ["done"]
     assert _row(rows, protocol="val_avg")["runs"] == ["done"]
+    assert _row(rows, protocol="oracle_worst_group")["runs"] == ["done"]
     assert _row(rows, protocol="val_worst_class")["runs"] == ["done", "odd"]
+    assert skipped == []  # a run still running, or a protocol without a value, is not damage
 
 
 def test_markdown_numbers_order_and_oracle_label(tmp_path: Path) -> None:
@@ -133,8 +148,8 @@ def test_markdown_numbers_order_and_oracle_label(tmp_path: Path) -> None:
     make_run(tmp_path, "mt-0", 0, val_wg=0.5, test_wg=0.75, test_avg=0.85, algorithm="mt_l1", aux=("simclr",))
     md = render_markdown(collect_rows(tmp_path), "synthetic")
     assert "### synthetic" in md and "3 finished runs" in md
-    assert "| erm | mlp | Val-GP | 65.0 ± 7.1 | 85.0 ± 7.1 | 2 | no |" in md  # std of (.6,.7) = .0707
-    assert "| mt_l1 + simclr | mlp | Val-GP | 75.0 ± 0.0 | 85.0 ± 0.0 | 1 | no |" in md
+    assert "| erm | mlp | Val-GP | 65.0 ± 7.1 | 85.0 ± 7.1 | 2 | no | yes |" in md  # std of (.6,.7) = .0707
+    assert "| mt_l1 + simclr | mlp | Val-GP | 75.0 | 85.0 | 1 | no | yes |" in md
     assert "*Oracle (test)*" in md and "Providers" not in md
     lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "Method" not in ln]
     assert [ln.split(" | ")[2] for ln in lines] == ["Val-GP"] * 2 + ["No-GP"] * 2 + ["Val-WC"] * 2 + \
@@ -174,6 +189,152 @@ def test_no_runs_is_a_config_error_and_writes_nothing(tmp_path: Path) -> None:
             leaderboard_markdown(runs)
     assert not out.exists()
     assert collect_rows(tmp_path / "missing") == []
+
+
+def _edit_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps(edit(data)))
+
+
+def _without(data: dict, dotted: str) -> dict:
+    *outer, last = dotted.split(".")
+    node = data
+    for part in outer:
+        node = node[part]
+    del node[last]
+    return data
+
+
+DAMAGE = {  # name -> (file, how it is damaged, the reason the warning must give)
+    "final not JSON": ("final.json", lambda p: p.write_text(""),
+                       "final.json is not valid JSON (Expecting value: line 1 column 1)"),
+    "final truncated": ("final.json", lambda p: p.write_text(p.read_text()[:40]), "final.json is not valid JSON ("),
+    "final a list": ("final.json", lambda p: p.write_text("[]"), "final.json is not a JSON object"),
+    "final no selections": ("final.json", lambda p: _edit_json(p, lambda d: _without(d, "selections")),
+                            "final.json has no selections"),
+    "final not finished": ("final.json", lambda p: _edit_json(p, lambda d: {**d, "status": "failed"}),
+                           'final.json status is "failed", not "finished"'),
+    "config not JSON": ("config.json", lambda p: p.write_text("{\"identity\": "), "config.json is not valid JSON"),
+    "config missing": ("config.json", lambda p: p.unlink(), "config.json is missing"),
+    "config no seed": ("config.json", lambda p: _edit_json(p, lambda d: _without(d, "identity.seed")),
+                       "config.json has no identity.seed (an integer)"),
+    "config no spec.data": ("config.json", lambda p: _edit_json(p, lambda d: _without(d, "spec.data")),
+                            "config.json has no spec.data"),
+    "config no algorithm": ("config.json", lambda p: _edit_json(p, lambda d: _without(d, "spec.algorithm")),
+                            "config.json has no spec.algorithm"),
+    "config no backbone": ("config.json", lambda p: _edit_json(p, lambda d: _without(d, "backbone")),
+                           "config.json has no backbone"),
+    "config no objectives": ("config.json", lambda p: _edit_json(p, lambda d: _without(d, "objectives")),
+                             "config.json has no objectives"),
+    "config no flags": ("config.json", lambda p: _edit_json(p, lambda d: _without(d, "algorithm_flags")),
+                        "config.json has no algorithm_flags"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_run_is_skipped_with_its_reason(tmp_path: Path, damage: str) -> None:
+    make_run(tmp_path, "good", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)
+    bad = make_run(tmp_path, "sub/bad", 1, val_wg=0.9, test_wg=0.9, test_avg=0.9)
+    file, corrupt, reason = DAMAGE[damage]
+    corrupt(bad / file)
+    rows = collect_rows(tmp_path)  # the table is built from the rest, no exception
+    assert [r["runs"] for r in rows] == [["good"]] * 4
+    assert lb.scan_rows(tmp_path)[0] == rows
+    skipped = lb.scan_rows(tmp_path)[1]
+    assert [(s.path, s.reason.startswith(reason)) for s in skipped] == [(bad, True)], skipped
+    assert "\n" not in skipped[0].reason  # one line, fit for a warning
+    assert [r.path for r in finished_runs(tmp_path)] == [tmp_path / "good"]
+    warned: list = []
+    assert lb.checked_rows(tmp_path, warned.append) == rows and warned == skipped
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(main, ["leaderboard", *args])
+
+
+def test_cli_warns_on_stderr_and_keeps_json_pure(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "good", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)
+    (make_run(runs, "x/y", 1, val_wg=0.5, test_wg=0.4, test_avg=0.9) / "final.json").write_text("")
+    warning = f"warning: skipped {runs / 'x' / 'y'}: final.json is not valid JSON (Expecting value: line 1 column 1)"
+    res = _cli(str(runs), "--json")
+    assert res.exit_code == 0, res.output
+    assert [r["runs"] for r in json.loads(res.stdout)] == [["good"]] * 4  # stdout parses: warnings are not in it
+    assert res.stderr.splitlines() == [warning]
+    for args in ((), ("--out", str(tmp_path / "lb"))):
+        res = _cli(str(runs), *args)
+        assert res.exit_code == 0 and res.stderr.splitlines() == [warning], res.output
+    assert (tmp_path / "lb" / "synthetic.md").exists()
+
+
+def test_cli_every_run_damaged_is_the_no_runs_error_plus_warnings(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (make_run(tmp_path, name, 0, val_wg=0.5, test_wg=0.4, test_avg=0.9) / "config.json").write_text("[1]")
+    res = _cli(str(tmp_path), "--json")
+    assert res.exit_code == 2 and res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert lines[:2] == [f"warning: skipped {tmp_path / n}: config.json is not a JSON object" for n in "ab"]
+    assert len(lines) == 3 and lines[2].startswith(f"error: no finished runs under {tmp_path}")
+    assert "2 damaged runs skipped" in lines[2] and "Traceback" not in res.output
+
+
+def test_selection_compares_only_configurations_with_the_most_seeds(tmp_path: Path) -> None:
+    # One lucky seed of lr=0.1 has the best val score; it must not beat the 3-seed configurations.
+    make_run(tmp_path, "lucky-0", 0, val_wg=0.99, test_wg=0.90, test_avg=0.9, lr=0.1)
+    for s in range(3):
+        make_run(tmp_path, f"a{s}", s, val_wg=0.60, test_wg=0.50, test_avg=0.9, lr=0.01)
+        make_run(tmp_path, f"b{s}", s, val_wg=0.50, test_wg=0.40, test_avg=0.9, lr=0.05)
+    rows = collect_rows(tmp_path)
+    row = _row(rows)
+    assert row["runs"] == ["a0", "a1", "a2"] and row["configuration"]["hparams"]["train"]["lr"] == 0.01
+    assert (row["n_configurations"], row["n_configurations_incomplete"], row["n_runs_compared"]) == (2, 1, 6)
+    assert row["selection_rule"] == ("best mean val/worst_group_acc over 3 seeds among the 2 configurations with "
+                                     "3 seeds; 1 configuration with fewer seeds not compared")
+    md = render_markdown(rows, "synthetic")
+    assert "only its configurations with the most seeds are compared" in md
+    assert "Configurations not compared for having fewer seeds: erm (mlp): 1." in md
+
+
+def test_selection_rule_of_a_single_complete_configuration(tmp_path: Path) -> None:
+    make_run(tmp_path, "a0", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)
+    row = _row(collect_rows(tmp_path), protocol="val_avg")
+    assert row["selection_rule"] == "best mean val/avg_acc over 1 seed among the one configuration with 1 seed"
+    assert (row["n_configurations"], row["n_configurations_incomplete"]) == (1, 0)
+    assert "not compared for having fewer seeds" not in render_markdown(collect_rows(tmp_path), "synthetic")
+
+
+def test_duplicate_run_directories_are_counted_and_reported(tmp_path: Path) -> None:
+    make_run(tmp_path, "first/erm-0", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)
+    make_run(tmp_path, "second/erm-0", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)  # same configuration and seed
+    make_run(tmp_path, "first/erm-1", 1, val_wg=0.5, test_wg=0.6, test_avg=0.9)
+    make_run(tmp_path, "mt-0", 0, val_wg=0.5, test_wg=0.6, test_avg=0.9, algorithm="mt", aux=("simclr",))
+    rows = collect_rows(tmp_path)
+    erm, mt = _row(rows), _row(rows, method="mt + simclr")
+    assert (erm["n_run_dirs"], erm["n_distinct_runs"], erm["n_seeds"]) == (3, 2, 2)
+    assert erm["runs"] == ["first/erm-0", "first/erm-1"]
+    assert (mt["n_run_dirs"], mt["n_distinct_runs"]) == (1, 1)
+    md = render_markdown(rows, "synthetic")
+    assert "4 run directories, 3 distinct runs (the same configuration and seed" in md
+
+
+def test_train_and_val_group_columns_and_a_footnote_true_for_every_row(tmp_path: Path) -> None:
+    make_run(tmp_path, "erm", 0, val_wg=0.5, test_wg=0.4, test_avg=0.9)
+    make_run(tmp_path, "dfr", 0, val_wg=0.5, test_wg=0.6, test_avg=0.9, algorithm="dfr", val_groups=True)
+    make_run(tmp_path, "gdro", 0, val_wg=0.5, test_wg=0.7, test_avg=0.9, algorithm="group_dro", train_groups=True)
+    rows = collect_rows(tmp_path)
+    assert _row(rows, "dfr", "val_avg")["uses_val_groups_any"]
+    assert not _row(rows, "erm", "val_avg")["uses_val_groups_any"]
+    assert _row(rows, "erm", "val_worst_group")["uses_val_groups_any"]
+    assert not _row(rows, "dfr", "val_avg")["uses_val_groups"]  # the existing field still means the protocol's
+    md = render_markdown(rows, "synthetic")
+    assert "| Seeds | Train groups | Val groups |" in md
+    assert "| dfr | mlp | No-GP | 60.0 | 90.0 | 1 | no | yes |" in md  # DFR retrains on val groups
+    assert "| erm | mlp | No-GP | 40.0 | 90.0 | 1 | no | no |" in md
+    assert "| group_dro | mlp | Val-WC | 70.0 | 90.0 | 1 | yes | no |" in md
+    assert "| erm | mlp | Val-GP | 40.0 | 90.0 | 1 | no | yes |" in md
+    assert "without" not in md  # no protocol is called group-free
+    assert "Train groups: the algorithm used training group labels." in md
+    assert "Val groups: validation group labels were used, by the algorithm or by the selection protocol" in md
 
 
 @pytest.mark.slow

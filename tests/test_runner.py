@@ -123,7 +123,8 @@ def test_aux_composes_with_any_algorithm(tmp_path: Path) -> None:
     assert "train/loss_recon" in read_jsonl(res.out_dir / "metrics.jsonl")[0]
 
 
-def test_training_groups_are_hidden_from_group_free_algorithms(tmp_path: Path) -> None:
+def test_training_groups_are_hidden_from_group_free_algorithms(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from robustbench_mtl.algorithms.base import Algorithm
     from robustbench_mtl.registry import ALGORITHMS
 
@@ -137,7 +138,7 @@ def test_training_groups_are_hidden_from_group_free_algorithms(tmp_path: Path) -
             seen["aux"] |= set(aux_batch.g.tolist()) if aux_batch is not None else set()
             return super().update(batch, aux_batch)
 
-    ALGORITHMS.register("_spy_groups")(Spy)
+    monkeypatch.setitem(ALGORITHMS._items, "_spy_groups", Spy)  # registered for this test only
     run(RunSpec("synthetic", "_spy_groups", aux=("recon",), overrides=("train.epochs=1",)), tmp_path / "r")
     assert seen == {"end": {-1}, "aux": {-1}}
 

@@ -13,6 +13,7 @@ from sklearn.preprocessing import StandardScaler
 
 from robustbench_mtl.data.base import SPLITS, TensorSplit
 from robustbench_mtl.errors import ConfigError
+from robustbench_mtl.hparams import build
 from robustbench_mtl.registry import DATASETS
 
 COUNTS = {"train": (3498, 184, 56, 1057), "val": (300, 300, 100, 100), "test": (600, 600, 200, 200)}
@@ -170,5 +171,5 @@ def test_hparams_are_documented():
     fields = {f.name: f for f in dataclasses.fields(cls.HParams)}
     assert fields["seed"].default == 0
     assert all(f.metadata.get("help") for f in fields.values())
-    with pytest.raises(ConfigError):
-        cls.HParams(digit_size=40)
+    with pytest.raises(ConfigError, match=r"data.digit_size must be in \[1, 32\], got 40"):
+        build(cls.HParams, "data", [{"digit_size": "40"}])  # as --set data.digit_size=40 reaches it

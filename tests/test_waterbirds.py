@@ -1,9 +1,11 @@
 """The waterbirds reader on tiny fixtures in both official layouts: labels, groups, cache, errors, prepare, a run."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 import types
+import urllib.error
 from pathlib import Path
 
 import pandas as pd
@@ -14,6 +16,7 @@ from PIL import Image
 
 from robustbench_mtl.cli import main
 from robustbench_mtl.config import RunSpec
+from robustbench_mtl.data import _files
 from robustbench_mtl.data import waterbirds as wb
 from robustbench_mtl.errors import ConfigError, DataNotFoundError
 from robustbench_mtl.registry import DATASETS
@@ -155,6 +158,22 @@ def test_undecodable_image(root: Path) -> None:
         make(root).load()
 
 
+def test_truncated_image(root: Path) -> None:
+    name = pd.read_csv(root / wb.WILDS_DIR / "metadata.csv").img_filename[5]
+    path = root / wb.WILDS_DIR / name
+    path.write_bytes(path.read_bytes()[:100])  # an interrupted download: a real JPEG's first 100 bytes
+    res = invoke("run", "--algo", "erm", "--data", "waterbirds", "--set", f"data.root={root}",
+                 "--out", str(root.parent / "run"))
+    one_error_line(res, f"{name} cannot be decoded")
+    assert f"delete {root / wb.WILDS_DIR} and run {FIX} --root {root}" in res.output
+
+
+def test_empty_image_name(root: Path) -> None:  # an empty cell is NaN to pandas: a TypeError before the check
+    rewrite(root, lambda m: m.assign(img_filename=m.img_filename.where(m.index != 1)))
+    with pytest.raises(DataNotFoundError, match=f"empty img_filename in data row 2.*{FIX}"):
+        make(root).load()
+
+
 def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
@@ -163,6 +182,69 @@ def one_error_line(res, needle: str) -> None:
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 2 and len(lines) == 1, res.output
     assert lines[0].startswith("error: ") and needle in lines[0], res.output
+
+
+def set_name(root: Path, row: int, name: str) -> None:
+    rewrite(root, lambda m: m.assign(img_filename=[name if i == row - 1 else n for i, n in enumerate(m.img_filename)]))
+
+
+@pytest.mark.parametrize("name, link", [
+    ("../../secret/x.jpg", None),
+    ("013.Bobolink/../../../secret/x.jpg", None),  # leaves only after normalisation
+    ("{outside}", None),  # absolute
+    ("evil.jpg", "evil.jpg"),  # a symlink to the outside file
+    ("001.Black_footed_Albatross/more/x.jpg", "001.Black_footed_Albatross/more"),  # a symlink to its folder
+])
+def test_names_outside_the_data_dir(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+                                    link: str | None) -> None:
+    outside = tmp_path / "secret" / "x.jpg"  # a readable image: today it is read (and trained on)
+    outside.parent.mkdir()
+    Image.new("RGB", (40, 30), (1, 2, 3)).save(outside)
+    data_dir, name = root / wb.WILDS_DIR, name.format(outside=outside)
+    if link:
+        (data_dir / link).symlink_to(outside if link.endswith(".jpg") else outside.parent)
+    set_name(root, 3, name)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ROBUSTBENCH_MTL_CACHE", str(cache))
+    monkeypatch.setattr(wb, "decode", lambda *a: pytest.fail("an image was read"))
+    out = tmp_path / "run"
+    res = invoke("run", "--algo", "erm", "--data", "waterbirds", "--set", f"data.root={root}",
+                 "--set", "train.epochs=1", "--out", str(out))
+    one_error_line(res, f"{data_dir / 'metadata.csv'} data row 3 names {name!r}, which is outside {data_dir}; "
+                        f"fix the file or re-run prepare: {FIX} --root {root}")
+    assert not out.exists() and not (cache.exists() and any(cache.iterdir()))
+
+
+def test_inside_helper(tmp_path: Path) -> None:
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    (tmp_path / "d" / "b.jpg").write_bytes(b"")
+    (tmp_path / "d" / "a" / "up").symlink_to("..")  # a link that stays inside is fine
+    check = _files.Inside(tmp_path / "d")
+    real = (tmp_path / "d").resolve()
+    assert check("a/../b.jpg") == str(real / "b.jpg") and check("a/up/b.jpg") == str(real / "b.jpg")
+    assert _files.inside(tmp_path / "d", "a/not-yet.jpg") == real / "a" / "not-yet.jpg"  # existence: caller's check
+    for name in ("..", "a/../..", "../d2/x", "/etc/passwd", "a/up/../../x"):
+        with pytest.raises(_files.OutsideRoot, match=re.escape(f"{name!r} is outside {tmp_path / 'd'}")):
+            _files.inside(tmp_path / "d", name)
+
+
+def test_removed_on_failure_keeps_what_was_there(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep.txt").write_text("mine")
+    with pytest.raises(KeyError), _files.removed_on_failure(tmp_path / "old"):
+        (tmp_path / "old" / "new").mkdir()
+        (tmp_path / "old" / "new" / "f").write_text("")
+        (tmp_path / "old" / "archive.tar.gz").write_text("")
+        raise KeyError
+    assert os.listdir(tmp_path / "old") == ["keep.txt"]
+    with pytest.raises(KeyError), _files.removed_on_failure(tmp_path / "a" / "b" / "c"):
+        (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+        (tmp_path / "a" / "other").write_text("")  # not ours to judge: a stops being empty, so it stays
+        raise KeyError
+    assert os.listdir(tmp_path / "a") == ["other"]
+    with _files.removed_on_failure(tmp_path / "ok"):
+        (tmp_path / "ok").mkdir()
+    assert (tmp_path / "ok").is_dir()
 
 
 def test_cli_run_without_data(tmp_path: Path) -> None:
@@ -192,23 +274,90 @@ def test_prepare_present_data_needs_no_wilds(root: Path, monkeypatch: pytest.Mon
     assert wb.Waterbirds.prepare(root) == root / wb.WILDS_DIR
 
 
-def fake_wilds(monkeypatch: pytest.MonkeyPatch, download) -> None:
-    def get_dataset(dataset: str, download: bool, root_dir: str) -> None:
-        print("Downloading dataset to", root_dir)  # WILDS prints progress on stdout
-        fill(Path(root_dir) / wb.WILDS_DIR)
+WILDS_URL = "https://worksheets.codalab.org/rest/bundles/0x505056d5cdea4e4eaa0e242cbfe2daa4/contents/blob/"
+MANUAL_URL = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"  # DATASETS.md §1
 
-    fill = download
-    monkeypatch.setitem(sys.modules, "wilds", types.SimpleNamespace(get_dataset=get_dataset))
+
+def fake_wilds(monkeypatch: pytest.MonkeyPatch, fill) -> list[str]:
+    """wilds 2.0.0 in miniature: its declared URL, its downloader (which `fill` stands in for) and its
+    get_dataset, which prints a download error and then fails on the missing metadata.csv."""
+    calls: list[str] = []
+
+    def download_and_extract_archive(url: str, download_root: str, extract_root: str | None = None,
+                                     filename: str | None = None, md5: str | None = None,
+                                     remove_finished: bool = False, size: int | None = None) -> None:
+        calls.append(url)
+        print("Downloading", url, "to", Path(download_root) / filename)  # WILDS prints progress on stdout
+        os.makedirs(download_root, exist_ok=True)
+        fill(Path(download_root))
+
+    class WaterbirdsDataset:
+        _versions_dict = {"1.0": {"download_url": WILDS_URL, "compressed_size": None}}
+
+        def __init__(self, root_dir: str, download: bool) -> None:
+            data_dir = Path(root_dir) / wb.WILDS_DIR
+            os.makedirs(root_dir, exist_ok=True)
+            try:  # wilds_dataset.py download_dataset: the error is printed, not raised
+                download_and_extract_archive(url=WILDS_URL, download_root=str(data_dir), filename="archive.tar.gz")
+            except Exception as e:
+                print("Exception: ", e)
+            pd.read_csv(data_dir / "metadata.csv")
+
+    mods = {"wilds": types.ModuleType("wilds"), "wilds.datasets": types.ModuleType("wilds.datasets"),
+            "wilds.datasets.download_utils": types.ModuleType("wilds.datasets.download_utils"),
+            "wilds.datasets.waterbirds_dataset": types.ModuleType("wilds.datasets.waterbirds_dataset")}
+    mods["wilds"].get_dataset = lambda dataset, download, root_dir: WaterbirdsDataset(root_dir, download)
+    mods["wilds"].datasets = mods["wilds.datasets"]
+    mods["wilds.datasets.download_utils"].download_and_extract_archive = download_and_extract_archive
+    mods["wilds.datasets.waterbirds_dataset"].WaterbirdsDataset = WaterbirdsDataset
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    return calls
+
+
+def partial(d: Path) -> None:  # what a swallowed download error leaves behind
+    (d / "RELEASE_v1.0.txt").write_text("")
+
+
+def offline(d: Path) -> None:  # urlretrieve has opened the archive when the name lookup fails
+    (d / "archive.tar.gz").write_bytes(b"")
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else ["<absent>"]
+
+
+@pytest.mark.parametrize("existing", [None, "empty", "other files", "partial waterbirds_v1.0"])
+def test_prepare_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existing: str | None) -> None:
+    root = tmp_path / "new" / "root"
+    if existing:
+        root.mkdir(parents=True)
+    if existing == "other files":
+        (root / "celebA_v1.0").mkdir()
+        (root / "notes.txt").write_text("mine")
+    if existing == "partial waterbirds_v1.0":
+        (root / wb.WILDS_DIR).mkdir()
+        (root / wb.WILDS_DIR / "metadata.csv").write_text("img_filename\n")
+    before = tree(tmp_path)
+    calls = fake_wilds(monkeypatch, offline)
+    res = invoke("prepare", "waterbirds", "--root", str(root))
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
+    assert res.exit_code != 0 and len(errors) == 1 and res.stdout == "", res.output
+    assert errors[0].startswith(f"error: waterbirds: download from {WILDS_URL} failed (URLError: <urlopen error "
+                                "[Errno -3] Temporary failure in name resolution>); check the network or download "
+                                f"it by hand: extract {MANUAL_URL} into {root}; then "), res.output
+    assert errors[0].endswith(f"rerun: {FIX} --root {root}") and "Traceback" not in res.output
+    assert calls == [WILDS_URL]  # WILDS' own downloader with the URL WILDS declares
+    assert tree(tmp_path) == before  # what it made is gone, what was there is untouched
+    assert ("predates this run" in errors[0]) == (existing == "partial waterbirds_v1.0")
 
 
 def test_prepare_verifies_the_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def partial(d: Path) -> None:  # what a swallowed download error leaves behind
-        d.mkdir(parents=True)
-        (d / "RELEASE_v1.0.txt").write_text("")
-
     fake_wilds(monkeypatch, partial)
-    with pytest.raises(DataNotFoundError, match=r"metadata.csv is missing.*delete .* and retry: " + FIX):
+    with pytest.raises(DataNotFoundError, match=r"metadata.csv is missing\); rerun: " + FIX):
         wb.Waterbirds.prepare(tmp_path / "a")
+    assert not (tmp_path / "a").exists()  # an incomplete download is not left to pass for a dataset
 
     def complete(d: Path) -> None:
         partial(d)
@@ -217,6 +366,7 @@ def test_prepare_verifies_the_download(tmp_path: Path, monkeypatch: pytest.Monke
     fake_wilds(monkeypatch, complete)
     res = invoke("prepare", "waterbirds", "--root", str(tmp_path / "b"))
     assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "b" / wb.WILDS_DIR), res.output
+    assert "Downloading" in res.stderr  # WILDS' progress goes to stderr, stdout holds only the directory
 
 
 @pytest.mark.slow
@@ -225,3 +375,26 @@ def test_one_epoch_run(root: Path, tmp_path: Path) -> None:
                                                    "train.epochs=1", "train.batch_size=8"), device="cpu")
     result = run(spec, out_dir=tmp_path / "run")
     assert (tmp_path / "run" / "final.json").exists() and result.final["epochs_run"] == 1
+
+
+def test_safe_extraction_refuses_members_outside_the_target(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from robustbench_mtl.data._files import safe_extraction
+
+    if not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no extraction filters")
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        payload = b"owned"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    target = tmp_path / "target"
+    target.mkdir()
+    before = tarfile.TarFile.extraction_filter
+    with safe_extraction(), tarfile.open(archive) as tar, pytest.raises(tarfile.FilterError):
+        tar.extractall(target)  # a bare extractall, as WILDS calls it
+    assert not (tmp_path / "escaped.txt").exists()
+    assert tarfile.TarFile.extraction_filter is before  # the process-wide default is restored

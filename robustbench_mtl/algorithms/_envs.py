@@ -12,10 +12,7 @@ from .base import Algorithm
 
 
 def env_risks(losses: Tensor, e: Tensor) -> Tensor:
-    """Mean per-example loss of each environment present in the batch, [n_envs] in ascending env id.
-
-    Datasets without environments give every example e = 0, so there is one environment.
-    """
+    """Mean per-example loss of each environment present in the batch, [n_envs] in ascending env id."""
     envs, inverse = torch.unique(e, return_inverse=True)
     sums = torch.zeros(len(envs), dtype=losses.dtype, device=losses.device).index_add(0, inverse, losses)
     counts = torch.bincount(inverse, minlength=len(envs)).to(losses.dtype)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, ClassVar, ContextManager
+from typing import Any, Callable, ClassVar, ContextManager, Iterator, Union
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ from ..model import Model
 from ..objectives.base import AuxiliaryTask, Penalty
 from ..types import Batch, Outputs
 
+# What `after_training` may return; see its docstring.
+AfterTraining = Union[None, bool, TensorSplit, Tensor, dict[str, Any]]
+
 
 class Algorithm(nn.Module):
     """Owns the update: `update(batch, aux_batch) -> metrics`, `predict(x) -> logits per task`.
@@ -24,13 +27,20 @@ class Algorithm(nn.Module):
     The default update is ERM plus weighted objectives: per-example end-task losses, `aggregate`
     (mean here; reweighted or robust in subclasses), each auxiliary task on the auxiliary batch,
     each penalty on all shared representations, one summed loss, one backward, one step
-    (METHODS.md §1.2). Override points: `sampler_weights`, `setup`, `aggregate`, `update`,
-    `after_training`.
+    (docs/methods.md, "Batching"). Override points: `sampler_weights`, `sampler_repeats`, `setup`,
+    `aggregate`, `task_losses`, `update`, `optimized_parameters`, `after_training`.
+
+    Attributes a subclass may use: `model` (backbone, `heads`, `objectives`), `hparams` (its own HParams),
+    `train_hp` (the `train` scope), `info` (tasks, groups; `train_group_counts` only for algorithms that
+    declare `uses_train_groups`), `total_steps` (the schedule's length), `optimizer` and `scheduler`
+    (built on first use over `optimized_parameters()`), `train_split` (the training split as this
+    algorithm sees it, set by the runner before training, also on resume).
     """
 
     HParams: ClassVar[type] = NoHParams
     uses_train_groups: ClassVar[bool] = False
     uses_val_groups: ClassVar[bool] = False
+    uses_environments: ClassVar[bool] = False
     requires_auxiliary: ClassVar[bool] = False
     extra_objectives: ClassVar[tuple[str, ...]] = ()
 
@@ -43,20 +53,44 @@ class Algorithm(nn.Module):
         self.total_steps = total_steps
         self.autocast: ContextManager[Any] | None = None  # set by the runner (bf16 on CUDA)
         self.evaluator: Callable[[str], None] | None = None  # set by the runner; see `evaluate_now`
-        self.configure_optimizers()
+        self.split_evaluator: Callable[[TensorSplit], dict[str, float]] | None = None  # see `evaluate_split`
+        # The training split as this algorithm sees it (hidden ids are -1); set by the runner, resume included.
+        self.train_split: TensorSplit | None = None
+        # Built on first use, so that networks a subclass adds in its __init__ are optimised too.
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     # -- optimization --------------------------------------------------------------------
+    def optimized_parameters(self) -> Iterator[nn.Parameter]:
+        """What the main optimizer updates: every trainable parameter of this module, i.e. the model's and
+        those of any network a subclass assigns as an attribute in `__init__`. Override it to leave out a
+        network that has its own optimizer (BR-DRO's adversary)."""
+        return (p for p in self.parameters() if p.requires_grad)
+
     def configure_optimizers(self) -> None:
-        """(Re)build the optimizer and schedule over all trainable parameters (JTT calls this again)."""
+        """(Re)build the optimizer and schedule over `optimized_parameters()` (JTT calls this again)."""
         t = self.train_hp
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = list(self.optimized_parameters())
         if t.optimizer == "sgd":
-            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+            self._optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
         else:
             cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-            self.optimizer = cls(params, lr=t.lr, weight_decay=t.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+            self._optimizer = cls(params, lr=t.lr, weight_decay=t.weight_decay)
+        self._scheduler = torch.optim.lr_scheduler.LambdaLR(self._optimizer, self._lr_factor)
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        if self._optimizer is None:
+            self.configure_optimizers()
+        assert self._optimizer is not None
+        return self._optimizer
+
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        if self._scheduler is None:
+            self.configure_optimizers()
+        assert self._scheduler is not None
+        return self._scheduler
 
     def _lr_factor(self, step: int) -> float:
         t = self.train_hp
@@ -69,7 +103,14 @@ class Algorithm(nn.Module):
 
     # -- hooks ---------------------------------------------------------------------------
     def sampler_weights(self, train: TensorSplit) -> Tensor | None:
-        """Per-example sampling weights for the end-task loader (None = uniform shuffling)."""
+        """Per-example sampling weights for the end-task loader: an epoch is N draws with replacement
+        (None = a shuffled pass over the N examples)."""
+        return None
+
+    def sampler_repeats(self, train: TensorSplit) -> Tensor | None:
+        """Integer copies per example, an upsampled dataset (JTT): an epoch is a shuffled pass without
+        replacement over sum(repeats) examples, and the schedule must be sized for it (`total_steps`).
+        None = no upsampling. Do not return both weights and repeats."""
         return None
 
     def setup(self, train: TensorSplit) -> None:
@@ -85,12 +126,22 @@ class Algorithm(nn.Module):
         """Whether selection protocols may choose this metrics record (all by default)."""
         return True
 
-    def after_training(self, val: TensorSplit) -> TensorSplit | bool | None:
-        """Called once after training; may use validation data (e.g. last-layer retraining).
+    def evaluate_split(self, split: TensorSplit, name: str = "val") -> dict[str, float]:
+        """The runner's metrics (`<name>/...` keys) of the current model on `split`; {} outside a run."""
+        if self.split_evaluator is None:
+            return {}
+        return {f"{name}/{k.partition('/')[2]}": v for k, v in self.split_evaluator(split).items()}
 
-        Return None/False if the model is unchanged; True to have the runner evaluate val and test once
-        more (one `"phase": "after_training"` record); or a TensorSplit: the part of val to report as
-        "val" in that record (e.g. the half the algorithm did not fit on).
+    def after_training(self, val: TensorSplit) -> AfterTraining:
+        """Called once after training; may use validation data (e.g. last-layer retraining). Validation
+        group ids are -1 unless the algorithm declares `uses_val_groups`.
+
+        Return None/False if the model is unchanged. Otherwise the runner evaluates test once more and
+        writes one `"phase": "after_training"` record, whose val part is: all of val (return True); the
+        rows of val whose indices you return as a LongTensor (e.g. the half the algorithm did not fit on),
+        evaluated with their group labels; a TensorSplit, evaluated as given; or, if you return a dict, its
+        `val/*` entries (metrics you computed with `evaluate_split` on data the final model was not fit
+        on), with its other entries (e.g. `dfr/C`) recorded as given.
         """
         return None
 
@@ -138,7 +189,8 @@ class Algorithm(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         if self.train_hp.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.train_hp.grad_clip)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            nn.utils.clip_grad_norm_(params, self.train_hp.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.model.post_step()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -18,12 +18,12 @@ from .base import Algorithm
 
 @dataclass(frozen=True)
 class BRDROHParams:
-    alpha: float = hp(0.2, Choice((0.1, 0.2, 0.5)), help="target mean adversary weight (CVaR-style group mass)")
-    beta: float = hp(0.01, Choice((1e-3, 1e-2, 1e-1, 1.0)), help="weight of the adversary's KL (bitrate) term")
-    mass_weight: float = hp(10.0, help="lambda_alpha: weight of (mean w - alpha)^2 in the adversary objective")
-    code_dim: int = hp(32, help="d_u: dimension of the adversary's stochastic code u")
-    adv_lr_mult: float = hp(10.0, help="adversary lr = learner lr x this")
-    erm_mix: float = hp(0.0, Choice((0.0, 0.5)), help="learner loss = (1 - mix) * reweighted + mix * mean loss")
+    alpha: float = hp(0.2, Choice((0.1, 0.2, 0.5)), gt=0, le=1, help="target mean adversary weight (CVaR-style group mass)")
+    beta: float = hp(0.01, Choice((1e-3, 1e-2, 1e-1, 1.0)), ge=0, help="weight of the adversary's KL (bitrate) term")
+    mass_weight: float = hp(10.0, ge=0, help="lambda_alpha: weight of (mean w - alpha)^2 in the adversary objective")
+    code_dim: int = hp(32, ge=1, help="d_u: dimension of the adversary's stochastic code u")
+    adv_lr_mult: float = hp(10.0, gt=0, help="adversary lr = learner lr x this")
+    erm_mix: float = hp(0.0, Choice((0.0, 0.5)), ge=0, le=1, help="learner loss = (1 - mix) * reweighted + mix * mean loss")
 
 
 class VIBAdversary(nn.Module):
@@ -66,6 +66,10 @@ class BRDRO(Algorithm):
         self.task = next(iter(self.info.tasks))  # the adversary conditions on the first (end) task's label
         self.adversary = VIBAdversary(self.model.backbone.out_dim, h.code_dim, self.info.tasks[self.task]).to(device)
         self.adv_optimizer = torch.optim.Adam(self.adversary.parameters(), lr=self.train_hp.lr * h.adv_lr_mult)
+
+    def optimized_parameters(self) -> Iterator[nn.Parameter]:
+        """The learner's parameters only: the adversary has its own optimizer (gradient ascent)."""
+        return (p for n, p in self.named_parameters() if p.requires_grad and not n.startswith("adversary."))
 
     def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
         h = self.hparams

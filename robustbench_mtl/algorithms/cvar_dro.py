@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..hparams import Choice, hp
 from ..registry import ALGORITHMS
 from ..types import Batch
@@ -16,11 +15,7 @@ from .base import Algorithm
 @dataclass(frozen=True)
 class CVaRDROHParams:
     alpha: float = hp(0.1, Choice((0.1, 0.2, 0.5)),
-                      help="fraction of the batch in the tail: the loss is the mean of the ceil(alpha*B) largest")
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.alpha <= 1.0:
-            raise ConfigError(f"algorithm.alpha must be in (0, 1], got {self.alpha}")
+                      gt=0, le=1, help="fraction of the batch in the tail: the loss is the mean of the ceil(alpha*B) largest")
 
 
 @ALGORITHMS.register("cvar_dro")

@@ -19,10 +19,10 @@ from .base import Algorithm
 @dataclass(frozen=True)
 class GroupDROHParams:
     eta: float = hp(0.01, Choice((0.001, 0.01, 0.1)),
-                    help="step size of the group weights q (original code's robust_step_size 0.01; the released "
+                    ge=0, help="step size of the group weights q (original code's robust_step_size 0.01; the released "
                          "MTL code uses 0.1, fixed)")
     adjustment: float = hp(0.0, Choice((0.0, 1.0, 2.0, 3.0, 4.0, 5.0)),
-                           help="generalization adjustment C: the q update sees loss_g + C/sqrt(n_g) (0 = off)")
+                           ge=0, help="generalization adjustment C: the q update sees loss_g + C/sqrt(n_g) (0 = off)")
     group_balanced: bool = hp(True, help="sample training examples with probability 1/n_g (--reweight_groups, used "
                                          "by every README command of the original and the MTL code)")
 

@@ -16,10 +16,10 @@ from ._envs import AnnealedPenalty, env_masks
 @dataclass(frozen=True)
 class IRMHParams:
     penalty_weight: float = hp(1e4, LogUniform(1e-1, 1e5),
-                               help="lambda after the anneal step (reference code default 1e4; its tuned "
+                               ge=0, help="lambda after the anneal step (reference code default 1e4; its tuned "
                                     "Colored-MNIST value is 91257; space = DomainBed's 10^U(-1,5))")
     anneal_steps: int = hp(100, Choice((0, 10, 100, 190, 500, 1000)),
-                           help="updates with lambda = 1 before switching to penalty_weight (reference 100, tuned 190)")
+                           ge=0, help="updates with lambda = 1 before switching to penalty_weight (reference 100, tuned 190)")
     rescale: bool = hp(True, help="divide the whole loss by lambda when lambda > 1 (reference code)")
     reset_optimizer: bool = hp(True, help="clear the optimizer state (e.g. Adam moments) at the anneal step "
                                           "(DomainBed); the lr schedule continues")
@@ -51,12 +51,13 @@ class IRM(AnnealedPenalty):
     Reference: Arjovsky et al. 2019, "Invariant Risk Minimization"; facebookresearch/InvariantRiskMinimization
     colored_mnist/main.py (METHODS §6.3). loss = mean_e R^e + lambda(step) * mean_e ||grad_{w=1} R^e(w*logits)||^2
     (+ weighted --aux terms), lambda = 1 before `anneal_steps` updates, then `penalty_weight`; with
-    `rescale` the whole loss is divided by lambda when lambda > 1. Environments are the batch's `e` ids; a
-    dataset without environments has one (e = 0), where IRM is ERM plus the penalty of that one env.
-    Training group labels are not used.
+    `rescale` the whole loss is divided by lambda when lambda > 1. Environments are the batch's `e` ids:
+    the dataset's declared environments, or, where it declares none, its training groups (SubpopBench uses the
+    spurious attribute instead), which makes IRM a training-group-label user there. See docs/methods.md#irm.
     """
 
     HParams = IRMHParams
+    uses_environments = True
 
     penalty_key = "irm_penalty"
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..data.base import TensorSplit
 from ..errors import RunFailedError
 from ..hparams import Choice, hp
-from ..loaders import epoch_batches
+from ..loaders import epoch_batches, steps_per_epoch
 from ..registry import ALGORITHMS
 from ..types import Batch
 from .base import Algorithm
@@ -19,11 +19,11 @@ from .base import Algorithm
 
 @dataclass(frozen=True)
 class JTTHParams:
-    first_stage_epochs: int = hp(2, Choice((1, 2, 5, 10)),
+    first_stage_epochs: int = hp(2, Choice((1, 2, 5, 10)), ge=1,
                                  help="T: ERM epochs of the identification model (JTT README: CelebA 1, "
                                       "MultiNLI/CivilComments 2; MTL code: 5 / 10)")
-    lambda_up: float = hp(6.0, Choice((4.0, 6.0, 20.0, 50.0, 100.0)),
-                          help="upsampling factor of the error set (sampling weight lambda_up vs 1)")
+    lambda_up: int = hp(6, Choice((4, 6, 20, 50, 100)), ge=1,
+                        help="upsampling factor: each error-set example appears lambda_up times per epoch")
     select_phase2_only: bool = hp(True, help="True: protocols select among stage-2 epochs only (the JTT paper); "
                                              "False: also among the stage-1 ERM epochs (the released mt_l1 code)")
 
@@ -32,17 +32,19 @@ class JTTHParams:
 class JTT(Algorithm):
     """JTT (Just Train Twice): ERM identification model, then a fresh model with its error set upsampled.
 
-    Reference: Liu et al. 2021, "Just Train Twice", ICML; anniesch/jtt (METHODS §2.2). In `setup` (fresh
-    runs only) the model trains with plain ERM (end-task loss only, no --aux terms) for
+    Reference: Liu et al. 2021, "Just Train Twice", ICML; anniesch/jtt (docs/methods.md#jtt). In `setup`
+    (fresh runs only) the model trains with plain ERM (end-task loss only, no --aux terms) for
     `first_stage_epochs`; the error set E = {i : argmax f(x_i) != y_i on any labelled task} is computed
-    on the training split in eval mode without augmentation; the model is reset to its initial weights
-    and the optimizer and schedule are rebuilt. Training then draws example i with weight
-    1 + (lambda_up - 1) * [i in E], with replacement: in expectation this is the released code's
-    duplication of E (lambda_up copies of each error). E is checkpointed, so a resumed run keeps it and
-    never reruns stage 1. Training group labels are not used; validation groups only select the model.
+    on the training split in eval mode without augmentation; the model is reset to its initial weights.
+    Stage 2 trains on the upsampled dataset, as the official code builds it: every epoch is a shuffled
+    pass over N + (lambda_up - 1)|E| examples, each example of E appearing lambda_up times, and the
+    optimizer and lr schedule are rebuilt with total steps = train.epochs x that epoch's batches.
+    E is checkpointed, so a resumed run keeps it and never reruns stage 1. Training group labels are not
+    used; validation groups only select the model.
 
     Stage 1 runs in addition to `train.epochs` (stage 2 trains the full `train.epochs`; the MTL code
-    instead counts both stages in one epoch budget) and follows the first steps of the same lr schedule.
+    instead counts both stages in one epoch budget) and follows the first steps of a schedule sized for
+    N examples an epoch.
 
     Selection: every stage-1 epoch is evaluated and recorded in metrics.jsonl with `"phase": "setup"`
     (epochs numbered 0..T-1 within the stage). `select_phase2_only=True` (default, the JTT paper) lets
@@ -89,15 +91,22 @@ class JTT(Algorithm):
             self.evaluate_now("setup")
         self.error = self.error_set(train)
         self.model.load_state_dict(self._initial)
+        self._size_schedule()
         self.configure_optimizers()
+
+    def _size_schedule(self) -> None:
+        """Total steps of stage 2's schedule: train.epochs passes over the upsampled dataset."""
+        n = int(self.sampler_repeats(None).sum())
+        self.total_steps = self.train_hp.epochs * steps_per_epoch(n, self.train_hp.batch_size)
 
     def selectable(self, record: dict[str, Any]) -> bool:
         return not (self.hparams.select_phase2_only and record.get("phase") == "setup")
 
-    def sampler_weights(self, train: TensorSplit) -> Tensor:
+    def sampler_repeats(self, train: TensorSplit | None) -> Tensor:
+        """1 copy of each example, lambda_up copies of each error-set example (the upsampled dataset)."""
         if self.error is None:
-            raise RuntimeError("JTT: sampler_weights before setup() or a restored error set")
-        return 1.0 + (self.hparams.lambda_up - 1.0) * self.error
+            raise RuntimeError("JTT: sampler_repeats before setup() or a restored error set")
+        return 1 + (self.hparams.lambda_up - 1) * self.error.long()
 
     def extra_state(self) -> dict[str, Any]:
         return {} if self.error is None else {"error": self.error}
@@ -105,3 +114,4 @@ class JTT(Algorithm):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "error" in state:
             self.error = state["error"]
+            self._size_schedule()  # the restored scheduler's lambda reads total_steps

@@ -14,9 +14,9 @@ from ._envs import AnnealedPenalty, env_risks
 @dataclass(frozen=True)
 class VRExHParams:
     penalty_weight: float = hp(10.0, LogUniform(1e-1, 1e5),
-                               help="beta after the anneal step (DomainBed default 10, space 10^U(-1,5))")
+                               ge=0, help="beta after the anneal step (DomainBed default 10, space 10^U(-1,5))")
     anneal_steps: int = hp(500, Choice((0, 10, 100, 500, 1000)),
-                           help="updates with beta = 1 before switching to penalty_weight (DomainBed default 500)")
+                           ge=0, help="updates with beta = 1 before switching to penalty_weight (DomainBed default 500)")
     rescale: bool = hp(True, help="divide the whole loss by beta when beta > 1 (the IRM-derived V-REx "
                                   "Colored-MNIST code; DomainBed does not)")
     reset_optimizer: bool = hp(True, help="clear the optimizer state at the anneal step (DomainBed); "
@@ -37,11 +37,13 @@ class VREx(AnnealedPenalty):
     Reference: Krueger et al. 2021, "Out-of-Distribution Generalization via Risk Extrapolation (REx)", ICML;
     DomainBed's VREx. loss = mean_e R^e + beta(step) * Var_e(R^e) (+ weighted --aux terms), beta = 1 before
     `anneal_steps` updates, then `penalty_weight`; with `rescale` the loss is divided by beta when beta > 1.
-    Environments are the batch's `e` ids; a dataset without environments has one (e = 0), where the
-    variance is 0 and V-REx is ERM. Training group labels are not used.
+    Environments are the batch's `e` ids: the dataset's declared environments, or, where it declares none,
+    its training groups (SubpopBench uses the spurious attribute instead), which makes V-REx a
+    training-group-label user there. See docs/methods.md#vrex.
     """
 
     HParams = VRExHParams
+    uses_environments = True
 
     penalty_key = "vrex_penalty"
 

@@ -16,10 +16,10 @@ from .base import Backbone
 
 @dataclass(frozen=True)
 class MLPHParams:
-    hidden: tuple[int, ...] = hp((), help="widths of hidden ReLU layers before the representation layer")
-    rep_dim: int = hp(64, Choice((8, 16, 64, 128)), help="width D of the shared representation")
+    hidden: tuple[int, ...] = hp((), ge=1, help="widths of hidden ReLU layers before the representation layer")
+    rep_dim: int = hp(64, Choice((8, 16, 64, 128)), ge=1, help="width D of the shared representation")
     norm: Literal["layernorm", "none"] = hp("layernorm", help="normalization of the representation layer")
-    dropout: float = hp(0.0, help="dropout after each hidden layer")
+    dropout: float = hp(0.0, ge=0, lt=1, help="dropout after each hidden layer")
 
 
 @BACKBONES.register("mlp")

@@ -17,12 +17,12 @@ from .base import Backbone
 # so a random hparam draw must not change the network.
 @dataclass(frozen=True)
 class ViTTinyHParams:
-    hidden_size: int = hp(64, help="width D of every token (the shared representation)")
-    num_layers: int = hp(4, help="number of transformer blocks")
-    num_heads: int = hp(4, help="attention heads per block; must divide hidden_size")
-    intermediate_size: int = hp(128, help="hidden width of each block's MLP")
-    patch_size: int = hp(4, help="side of the square patches; must divide the image side")
-    dropout: float = hp(0.0, help="dropout on hidden states and attention probabilities")
+    hidden_size: int = hp(64, ge=1, help="width D of every token (the shared representation)")
+    num_layers: int = hp(4, ge=1, help="number of transformer blocks")
+    num_heads: int = hp(4, ge=1, help="attention heads per block; must divide hidden_size")
+    intermediate_size: int = hp(128, ge=1, help="hidden width of each block's MLP")
+    patch_size: int = hp(4, ge=1, help="side of the square patches; must divide the image side")
+    dropout: float = hp(0.0, ge=0, lt=1, help="dropout on hidden states and attention probabilities")
 
 
 @BACKBONES.register("vit_tiny")

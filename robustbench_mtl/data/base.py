@@ -23,7 +23,11 @@ Modality = Literal["tabular", "image", "text"]
 
 @dataclass
 class TensorSplit:
-    """One split held in memory: inputs, labels per task, group ids and environment ids."""
+    """One split held in memory: inputs, labels per task, group ids and environment ids.
+
+    Group ids index the dataset's `group_names`, environment ids its `environment_names` (0 where it
+    declares none); -1 means hidden (the algorithm did not declare a use) or unknown.
+    """
 
     x: Tensor
     y: dict[str, Tensor]
@@ -60,6 +64,8 @@ class DataInfo:
     tasks: dict[str, int]
     group_names: tuple[str, ...]
     train_group_counts: tuple[int, ...]
+    environment_names: tuple[str, ...] = ()
+    train_env_counts: tuple[int, ...] = ()
 
 
 class Dataset(abc.ABC):
@@ -67,11 +73,15 @@ class Dataset(abc.ABC):
 
     Subclasses set the class attributes and implement `generate` (embedded data) or override `load`.
     `defaults` are dotted overrides (e.g. {"train.lr": 0.05}) applied above class defaults.
+    `environment_names` declares the training environments that `e` indexes (e.g. the confounding
+    strengths of a multi-task dataset); a dataset without them leaves it empty, and environment-based
+    algorithms then use its training groups as environments.
     """
 
     HParams: ClassVar[type] = NoHParams
     tasks: ClassVar[dict[str, int]] = {"y": 2}
     group_names: ClassVar[tuple[str, ...]] = ()
+    environment_names: ClassVar[tuple[str, ...]] = ()
     modality: ClassVar[Modality] = "tabular"
     default_backbone: ClassVar[str] = "mlp"
     defaults: ClassVar[dict[str, Any]] = {}
@@ -97,8 +107,11 @@ class Dataset(abc.ABC):
         splits = self.load()
         train = splits["train"]
         counts = torch.bincount(train.g[train.g >= 0], minlength=len(self.group_names))
+        envs = tuple(self.environment_names)
+        env_counts = torch.bincount(train.e[train.e >= 0], minlength=len(envs)) if envs else torch.zeros(0)
         return DataInfo(self.name, self.modality, tuple(train.x.shape[1:]), dict(self.tasks),
-                        tuple(self.group_names), tuple(int(c) for c in counts))
+                        tuple(self.group_names), tuple(int(c) for c in counts), envs,
+                        tuple(int(c) for c in env_counts))
 
     def fingerprint(self) -> str:
         """A short hash of the split tensors, recorded in every run's provenance."""

@@ -13,12 +13,12 @@ from .base import Dataset, TensorSplit, group_ids
 
 @dataclass(frozen=True)
 class SyntheticHParams:
-    n_train: int = hp(1000, help="training points (the paper's Figure 1 shows 1000)")
-    n_val_per_group: int = hp(250, help="validation points per group (balanced)")
-    n_test_per_group: int = hp(500, help="test points per group (balanced; 4 x 500 as in the pilot)")
-    agreement: float = hp(0.9, help="P(spurious attribute = label) in train")
-    sigma_core: float = hp(2.0, help="noise of the core feature (mean +-1)")
-    sigma_spur: float = hp(0.1, help="noise of the spurious feature (mean +-1)")
+    n_train: int = hp(1000, ge=1, help="training points (the paper's Figure 1 shows 1000)")
+    n_val_per_group: int = hp(250, ge=1, help="validation points per group (balanced)")
+    n_test_per_group: int = hp(500, ge=1, help="test points per group (balanced; 4 x 500 as in the pilot)")
+    agreement: float = hp(0.9, ge=0, le=1, help="P(spurious attribute = label) in train")
+    sigma_core: float = hp(2.0, ge=0, help="noise of the core feature (mean +-1)")
+    sigma_spur: float = hp(0.1, ge=0, help="noise of the spurious feature (mean +-1)")
     seed: int = hp(0, help="seed of the data draw (fixed splits; the run seed does not change the data)")
 
 

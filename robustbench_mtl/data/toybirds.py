@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..hparams import hp
 from ..registry import DATASETS
 from .base import WATERBIRDS_GROUPS, Dataset, TensorSplit, group_ids
@@ -37,18 +36,11 @@ PALETTES = {
 @dataclass(frozen=True)
 class ToyBirdsHParams:
     seed: int = hp(0, help="seed of the data draw (fixed splits; the run seed does not change the data)")
-    digit_size: int = hp(24, help="side in pixels of the upscaled 8x8 digit (the foreground 'bird')")
-    max_shift: int = hp(2, help="largest digit offset in pixels from the centre (clipped to stay inside)")
+    digit_size: int = hp(24, ge=1, le=SIDE, help="side in pixels of the upscaled 8x8 digit (the foreground 'bird')")
+    max_shift: int = hp(2, ge=0, help="largest digit offset in pixels from the centre (clipped to stay inside)")
     palette: Literal["texture", "colour"] = hp("texture", help="texture: land and water differ only in texture "
                                               "(default); colour: they also differ in colour, an easier cue")
-    noise: float = hp(0.04, help="std of the fine per-pixel noise added to every background")
-
-    def __post_init__(self) -> None:
-        # Caught here, at config time, rather than as a shape error deep inside rendering.
-        if not 1 <= self.digit_size <= SIDE:
-            raise ConfigError(f"data.digit_size must be in [1, {SIDE}], got {self.digit_size}")
-        if self.max_shift < 0 or self.noise < 0:
-            raise ConfigError("data.max_shift and data.noise must be >= 0")
+    noise: float = hp(0.04, ge=0, help="std of the fine per-pixel noise added to every background")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -16,11 +17,15 @@ import torch
 from ..errors import ConfigError, DataNotFoundError
 from ..hparams import hp
 from ..registry import DATASETS
+from ._files import Inside, OutsideRoot, removed_on_failure, safe_extraction
 from .base import SPLITS, WATERBIRDS_GROUPS, Dataset, TensorSplit, cache_dir, group_ids
 
 DEFAULT_ROOT = "data"
 ROOT_ENV = "ROBUSTBENCH_MTL_DATA"
-WILDS_DIR = "waterbirds_v1.0"
+WILDS_VERSION = "1.0"
+WILDS_DIR = f"waterbirds_v{WILDS_VERSION}"
+# The group_DRO/JTT release (DATASETS.md §1): the hand route when the WILDS (CodaLab) download fails.
+MANUAL_URL = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"
 # Searched in this order under the root: WILDS bundle, then the group_DRO/JTT tarball (two nestings).
 LAYOUTS = (WILDS_DIR, "waterbird_complete95_forest2water2", "cub/data/waterbird_complete95_forest2water2")
 REQUIRED = ("img_filename", "y", "split", "place")  # the official file also has img_id, place_filename
@@ -30,23 +35,29 @@ OFFICIAL_COUNTS = {"train": (3498, 184, 56, 1057), "val": (467, 466, 133, 133), 
 
 
 class _Invalid(Exception):
-    """A problem with the files on disk; callers add the fix that fits their context."""
+    """A problem with the files on disk; callers add the fix that fits their context, led by `fix`."""
+
+    def __init__(self, msg: str, fix: str = "fix") -> None:
+        super().__init__(msg)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
 class WaterbirdsHParams:
     root: str = hp(DEFAULT_ROOT, help=f"data root holding {WILDS_DIR}/ or waterbird_complete95_forest2water2/; "
                                       f"${ROOT_ENV}, when set, replaces the default '{DEFAULT_ROOT}'")
-    image_size: int = hp(64, help="images are resized to this side (eval transform Resize((s, s))); the "
+    image_size: int = hp(64, ge=8, help="images are resized to this side (eval transform Resize((s, s))); the "
                                   "paper uses 384 for ViT-B/16, 64 keeps CPU runs feasible")
 
 
 @dataclass(frozen=True)
 class Source:
-    """Validated files: the dataset directory, its metadata and a digest of metadata.csv and image stats."""
+    """Validated files: the dataset directory, its metadata, the checked image paths (metadata order)
+    and a digest of metadata.csv and image stats."""
 
     data_dir: Path
     meta: pd.DataFrame
+    paths: list[str]
     digest: str
 
 
@@ -87,32 +98,50 @@ def read_metadata(path: Path) -> pd.DataFrame:
     for i, split in enumerate(SPLITS):
         if not (meta["split"] == i).any():
             raise _Invalid(f"{path} has no {split} rows (split == {i})")
-    return meta.astype({c: "int64" for c in ALLOWED})
+    blank = meta["img_filename"].isna().to_numpy()  # an empty cell; os.path.join would raise TypeError
+    if blank.any():
+        raise _Invalid(f"{path} has an empty img_filename in data row {int(np.flatnonzero(blank)[0]) + 1}")
+    return meta.astype({**{c: "int64" for c in ALLOWED}, "img_filename": str})
 
 
-def image_digest(data_dir: Path, files: pd.Series) -> str:
+def image_paths(meta_path: Path, names: pd.Series) -> list[str]:
+    """Each img_filename under the data dir; one that leads outside it ('..', absolute, symlink) is refused."""
+    join, paths = Inside(meta_path.parent), []
+    for row, name in enumerate(names, 1):
+        try:
+            paths.append(join(name))
+        except OutsideRoot:
+            raise _Invalid(f"{meta_path} data row {row} names {name!r}, which is outside {meta_path.parent}",
+                           fix="fix the file or re-run prepare") from None
+    return paths
+
+
+def image_digest(data_dir: Path, names: pd.Series, paths: list[str]) -> str:
     """A digest of every image's size and mtime (cheap: stat only); a missing image is an error."""
     h, missing = hashlib.sha256(), []
-    for name in files:
+    for name, path in zip(names, paths):
         try:
-            st = os.stat(os.path.join(data_dir, name))
+            st = os.stat(path)
         except OSError:
             missing.append(name)
             continue
         h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
     if missing:
-        raise _Invalid(f"{len(missing)} of {len(files)} images listed in metadata.csv are missing "
+        raise _Invalid(f"{len(missing)} of {len(names)} images listed in metadata.csv are missing "
                        f"under {data_dir} (first: {missing[0]})")
     return h.hexdigest()
 
 
 def inspect_files(meta_path: Path) -> Source:
-    """Read and check metadata.csv and the images it lists (raises _Invalid naming the first problem)."""
+    """Read and check metadata.csv and the images it lists (raises _Invalid naming the first problem).
+
+    Every name is checked to stay inside the dataset directory before any image is touched."""
     meta = read_metadata(meta_path)
+    paths = image_paths(meta_path, meta["img_filename"])
     digest = hashlib.sha256(meta_path.read_bytes())
     digest.update(str(meta_path.parent.resolve()).encode())  # same files elsewhere: another cache entry
-    digest.update(image_digest(meta_path.parent, meta["img_filename"]).encode())
-    return Source(meta_path.parent, meta, digest.hexdigest())
+    digest.update(image_digest(meta_path.parent, meta["img_filename"], paths).encode())
+    return Source(meta_path.parent, meta, paths, digest.hexdigest())
 
 
 def decode(path: str, size: int) -> np.ndarray:
@@ -166,7 +195,7 @@ class Waterbirds(Dataset):
             try:
                 self._source = inspect_files(find_metadata(self.root))
             except _Invalid as exc:
-                raise DataNotFoundError(f"waterbirds: {exc}; fix: {fix_hint(self.root)}") from None
+                raise DataNotFoundError(f"waterbirds: {exc}; {exc.fix}: {fix_hint(self.root)}") from None
         return self._source
 
     @property
@@ -181,12 +210,12 @@ class Waterbirds(Dataset):
 
     def generate(self) -> dict[str, TensorSplit]:
         src, size = self.source(), self.hparams.image_size
-        paths = [os.path.join(src.data_dir, f) for f in src.meta["img_filename"]]
-        x = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+        x = torch.empty(len(src.paths), 3, size, size, dtype=torch.uint8)
         # PIL releases the GIL while decoding, so threads speed up the one-off ~12k-image pass.
+        # src.paths were joined by Inside, so no metadata name can make us read outside data_dir.
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             try:
-                for i, arr in enumerate(pool.map(lambda p: decode(p, size), paths)):
+                for i, arr in enumerate(pool.map(lambda p: decode(p, size), src.paths)):
                     x[i] = torch.from_numpy(arr)
             except _Invalid as exc:
                 raise DataNotFoundError(f"waterbirds: {exc}; fix: delete {src.data_dir} and run "
@@ -209,28 +238,58 @@ class Waterbirds(Dataset):
 
     @classmethod
     def prepare(cls, root: Path) -> Path:
-        """Download Waterbirds into `root` with WILDS' downloader and verify every file; returns the dir."""
+        """Download Waterbirds into `root` with WILDS' downloader and verify every file; returns the dir.
+
+        On any failure it removes what it created (never what was there before) and raises one line."""
         root = Path(root).expanduser()
         with contextlib.suppress(_Invalid):  # already present in any layout: nothing to do
             return inspect_files(find_metadata(root)).data_dir
-        try:
-            import wilds
-        except ImportError:
-            raise ConfigError("prepare needs the wilds package: pip install 'robustbench-mtl[data]'") from None
+        url, size, download = wilds_downloader()
         data_dir = root / WILDS_DIR
-        download_error: Exception | None = None
-        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the directory we print
-            try:
-                wilds.get_dataset(dataset="waterbirds", download=True, root_dir=str(root))
-            except Exception as exc:  # WILDS swallows the download error and fails later on a missing file
-                download_error = exc
+        # A directory that was there before is kept on failure, so the fix must say to delete it.
+        rerun = (f"delete {data_dir} (it predates this run, so it was kept) and rerun" if data_dir.exists()
+                 else "rerun") + f": {fix_hint(root)}"
+        with removed_on_failure(data_dir):
+            fetch(url, size, download, data_dir, f"check the network or download it by hand: extract {MANUAL_URL} "
+                                                 f"into {root}; then {rerun}")
+            return verified(data_dir, rerun)
+
+
+def wilds_downloader() -> tuple[str, int | None, Callable[..., Any]]:
+    """The URL and size WILDS declares for Waterbirds, and WILDS' own download-and-extract function."""
+    try:
+        from wilds.datasets.download_utils import download_and_extract_archive
+        from wilds.datasets.waterbirds_dataset import WaterbirdsDataset
+    except ImportError:
+        raise ConfigError("prepare needs the wilds package: pip install 'robustbench-mtl[data]'") from None
+    try:
+        release = WaterbirdsDataset._versions_dict[WILDS_VERSION]  # a class attribute: no download to read it
+        return release["download_url"], release.get("compressed_size"), download_and_extract_archive
+    except (AttributeError, KeyError, TypeError):
+        raise ConfigError(f"the installed wilds does not declare Waterbirds v{WILDS_VERSION}; download by hand: "
+                          f"extract {MANUAL_URL} into the data root") from None
+
+
+def fetch(url: str, size: int | None, download: Callable[..., Any], data_dir: Path, fix: str) -> None:
+    """What WILDSDataset.download_dataset does, minus its `except Exception: print(e)`: errors reach us."""
+    with contextlib.redirect_stdout(sys.stderr), safe_extraction():  # WILDS prints progress on stdout
         try:
-            for name in ("RELEASE_v1.0.txt", "metadata.csv"):  # the WILDS bundle, whatever else is there
-                if not (data_dir / name).is_file():
-                    raise _Invalid(f"{data_dir / name} is missing")
-            return inspect_files(data_dir / "metadata.csv").data_dir
-        except _Invalid as exc:
-            said = " ".join(str(download_error).split())  # one line, whatever the library raised
-            cause = f" after {type(download_error).__name__}: {said}" if download_error else ""
-            raise DataNotFoundError(f"waterbirds download into {data_dir} is incomplete{cause} ({exc}); "
-                                    f"delete {data_dir} and retry: {fix_hint(root)}") from None
+            download(url=url, download_root=str(data_dir), filename="archive.tar.gz", remove_finished=True,
+                     size=size)
+            return
+        except Exception as exc:  # urllib, tarfile, disk: whatever it is, the line names it
+            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line, whatever was raised
+    # Raised out here, not in the except: the traceback there holds WILDS' progress bars, which it never
+    # closes; freed now, they print their last state before our line instead of after it.
+    raise DataNotFoundError(f"waterbirds: download from {url} failed ({cause}); {fix}")
+
+
+def verified(data_dir: Path, rerun: str) -> Path:
+    """The downloaded WILDS bundle checked file by file, as the reader will check it."""
+    try:
+        for name in (f"RELEASE_v{WILDS_VERSION}.txt", "metadata.csv"):  # the WILDS bundle, whatever else is there
+            if not (data_dir / name).is_file():
+                raise _Invalid(f"{data_dir / name} is missing")
+        return inspect_files(data_dir / "metadata.csv").data_dir
+    except _Invalid as exc:
+        raise DataNotFoundError(f"waterbirds: download into {data_dir} is incomplete ({exc}); {rerun}") from None

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MIMHParams:
-    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), help="w_aux; the paper's grid is e^k, k in {-1, 0, 1}")
-    mask_ratio: float = hp(0.6, help="fraction of mask blocks masked (ceil(ratio * blocks))")
-    mask_patch_size: int = hp(0, help="side of a mask block in pixels; 0 = twice the backbone's patch size "
+    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), ge=0, help="w_aux; the paper's grid is e^k, k in {-1, 0, 1}")
+    mask_ratio: float = hp(0.6, gt=0, le=1, help="fraction of mask blocks masked (ceil(ratio * blocks))")
+    mask_patch_size: int = hp(0, ge=0, help="side of a mask block in pixels; 0 = twice the backbone's patch size "
                                       "(the released 32 for patch 16), or the patch size when that leaves fewer "
                                       "than 4 blocks a side; a multiple of it dividing the image side")
 
@@ -58,8 +58,6 @@ class MIM(AuxiliaryTask):
         if block % p or size % block:
             raise ConfigError(f"mim.mask_patch_size={block} must be a multiple of the backbone's patch size "
                               f"{p} and divide the image side {size}")
-        if not 0.0 < hparams.mask_ratio <= 1.0:
-            raise ConfigError(f"mim.mask_ratio must be in (0, 1], got {hparams.mask_ratio}")
         self.patch_size, self.grid, self.channels = p, grid, channels
         self.rand_size, self.scale = size // block, block // p
         self.mask_count = math.ceil(hparams.mask_ratio * self.rand_size**2)

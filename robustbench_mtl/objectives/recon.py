@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ReconHParams:
-    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), help="w_aux")
+    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), ge=0, help="w_aux")
     unit_decoder: bool = hp(True, help="project each decoder column to unit L2 norm after every step; without "
                                        "it the decoder rescales to undo a penalty on the shared layer")
 

@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SimCLRHParams:
-    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), help="w_aux; the paper's grid is e^k, k in {-1, 0, 1}")
-    temperature: float = hp(1.0, help="NT-Xent temperature tau (released code: 1.0)")
-    proj_dim: int = hp(0, help="width of the projection head Linear(D, proj_dim) -> GELU; 0 = D (released code)")
+    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), ge=0, help="w_aux; the paper's grid is e^k, k in {-1, 0, 1}")
+    temperature: float = hp(1.0, gt=0, help="NT-Xent temperature tau (released code: 1.0)")
+    proj_dim: int = hp(0, ge=0, help="width of the projection head Linear(D, proj_dim) -> GELU; 0 = D (released code)")
     pairing: Literal["two_views", "official"] = hp(
         "two_views", help="two_views: two augmentations of the same aux images (correct SimCLR); official: the "
                           "released code's pairing of the detached end-task CLS with one augmented aux view")
@@ -67,8 +67,6 @@ class SimCLR(AuxiliaryTask):
         if len(info.input_shape) != 3:
             raise ConfigError(f"objective 'simclr' needs images shaped (C, H, W); dataset '{info.name}' has "
                               f"inputs shaped {tuple(info.input_shape)}")
-        if hparams.temperature <= 0:
-            raise ConfigError(f"simclr.temperature must be > 0, got {hparams.temperature}")
         dim = hparams.proj_dim or backbone.out_dim
         self.projection = nn.Sequential(nn.Linear(backbone.out_dim, dim), nn.GELU())
         self.augment = self._augmentations(*info.input_shape)

@@ -14,7 +14,7 @@ from robustbench_mtl.types import Batch, Outputs
 
 @dataclass(frozen=True)
 class FocalHParams:
-    gamma: float = hp(2.0, Choice((0.5, 1.0, 2.0, 5.0)), help="focusing parameter; 0 is plain cross-entropy")
+    gamma: float = hp(2.0, Choice((0.5, 1.0, 2.0, 5.0)), ge=0, help="focusing parameter; 0 is plain cross-entropy")
 
 
 class Focal(Algorithm):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RotationHParams:
-    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), help="w_aux; the paper's grid is e^k, k in {-1, 0, 1}")
+    weight: float = hp(1.0, Choice(PAPER_WEIGHT_GRID), ge=0, help="w_aux; the paper's grid is e^k, k in {-1, 0, 1}")
 
 
 class Rotation(AuxiliaryTask):

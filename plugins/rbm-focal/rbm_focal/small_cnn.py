@@ -14,8 +14,8 @@ from robustbench_mtl.types import Outputs
 
 @dataclass(frozen=True)
 class SmallCNNHParams:
-    channels: int = hp(32, help="channels of the first conv block (the second has twice as many)")
-    out_dim: int = hp(64, Choice((32, 64, 128)), help="width D of the shared representation")
+    channels: int = hp(32, ge=1, help="channels of the first conv block (the second has twice as many)")
+    out_dim: int = hp(64, Choice((32, 64, 128)), ge=1, help="width D of the shared representation")
 
 
 class SmallCNN(Backbone):

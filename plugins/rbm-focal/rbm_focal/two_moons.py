@@ -12,12 +12,12 @@ from robustbench_mtl.hparams import hp
 
 @dataclass(frozen=True)
 class TwoMoonsHParams:
-    n_train: int = hp(2000, help="training points")
-    n_val_per_group: int = hp(200, help="validation points per group (balanced)")
-    n_test_per_group: int = hp(500, help="test points per group (balanced)")
-    agreement: float = hp(0.9, help="P(spurious attribute = label) in train")
-    moon_noise: float = hp(0.2, help="std of the Gaussian noise of make_moons (the core feature)")
-    spur_noise: float = hp(0.1, help="std of the noise of the spurious coordinate (mean +-1)")
+    n_train: int = hp(2000, ge=1, help="training points")
+    n_val_per_group: int = hp(200, ge=1, help="validation points per group (balanced)")
+    n_test_per_group: int = hp(500, ge=1, help="test points per group (balanced)")
+    agreement: float = hp(0.9, ge=0, le=1, help="P(spurious attribute = label) in train")
+    moon_noise: float = hp(0.2, ge=0, help="std of the Gaussian noise of make_moons (the core feature)")
+    spur_noise: float = hp(0.1, ge=0, help="std of the noise of the spurious coordinate (mean +-1)")
     seed: int = hp(0, help="seed of the data draw (fixed splits; the run seed does not change the data)")
 
 
