@@ -52,7 +52,7 @@ class AuxStream:
     """Input-only batches from an independently shuffled pass over the training inputs.
 
     Re-shuffled when exhausted, as the released code re-creates its auxiliary iterator
-    (METHODS.md §1.2). Labels and groups are withheld: auxiliary tasks are self-supervised.
+    (docs/methods.md#batching). Labels and groups are withheld: auxiliary tasks are self-supervised.
     `state()` / `load_state()` let a resumed run continue the stream exactly.
     """
 

@@ -13,7 +13,7 @@ class Model(nn.Module):
     """Backbone + per-task heads on the pooled representation + objective submodules.
 
     `head_norm` > 0 rescales every head's weight to that Frobenius norm after each step: without
-    such a constraint the heads can grow to undo a penalty on the shared layer (METHODS.md §4.3).
+    such a constraint the heads can grow to undo a penalty on the shared layer (docs/methods.md#synthetic).
     """
 
     def __init__(self, backbone: Backbone, tasks: dict[str, int], objectives: dict[str, Objective],

@@ -97,3 +97,34 @@ def test_violations_are_reported(cls: type, message: str, monkeypatch: pytest.Mo
     monkeypatch.setitem(REGISTRIES["algorithms"]._items, "bad_algo", cls)
     with pytest.raises(AssertionError, match=message):
         testing.check_algorithm("bad_algo")
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, spaces to '-', punctuation other than '-' and '_' dropped."""
+    import re
+
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", markdown, re.M)}
+
+
+def test_every_method_page_cites_an_existing_section_of_docs_methods() -> None:
+    import inspect
+    import re
+    from pathlib import Path
+
+    from robustbench_mtl.registry import CORE_DIST, REGISTRIES
+
+    root = Path(__file__).resolve().parents[1]
+    anchors = _anchors((root / "docs" / "methods.md").read_text())
+    for kind in ("algorithms", "objectives", "selections", "datasets"):
+        for name, cls in REGISTRIES[kind].load_all():
+            if REGISTRIES[kind].provider(name).dist != CORE_DIST:
+                continue
+            cited = re.findall(r"docs/methods\.md#([\w\-]+)", inspect.getdoc(cls) or "")
+            assert f"{name}" in cited, f"{kind} '{name}': its docstring must cite docs/methods.md#{name}"
+            assert set(cited) <= anchors, f"{kind} '{name}' cites missing sections {set(cited) - anchors}"
+    # Users have the repository, not the team's internal notes: nothing may send them there.
+    for path in [*root.joinpath("robustbench_mtl").rglob("*.py"), *root.joinpath("docs").glob("*.md"),
+                 root / "README.md", *root.joinpath("leaderboards").glob("*.md")]:
+        text = path.read_text()
+        assert "METHODS.md" not in text and "DESIGN.md" not in text and "METHODS §" not in text, path

@@ -27,7 +27,7 @@ class Algorithm(nn.Module):
     The default update is ERM plus weighted objectives: per-example end-task losses, `aggregate`
     (mean here; reweighted or robust in subclasses), each auxiliary task on the auxiliary batch,
     each penalty on all shared representations, one summed loss, one backward, one step
-    (docs/methods.md, "Batching"). Override points: `sampler_weights`, `sampler_repeats`, `setup`,
+    (docs/methods.md#batching). Override points: `sampler_weights`, `sampler_repeats`, `setup`,
     `aggregate`, `task_losses`, `update`, `optimized_parameters`, `after_training`.
 
     Attributes a subclass may use: `model` (backbone, `heads`, `objectives`), `hparams` (its own HParams),

@@ -49,7 +49,7 @@ class BRDRO(Algorithm):
     """BR-DRO (reimplementation, not the official method): reweighting by a bitrate-constrained adversary.
 
     Reference: Setlur et al. 2023, "Bitrate-Constrained DRO", ICLR; no public code exists, so this follows
-    the harness's low-confidence reconstruction (METHODS §2.4 [RECON/MEM]); report results as "BR-DRO
+    the harness's low-confidence reconstruction (docs/methods.md#br_dro [RECON/MEM]); report results as "BR-DRO
     (reimplementation)", never as the paper's. Per update: the adversary (a VIB head on the learner's
     detached pooled features, conditioned on the first task's label) takes one Adam step maximizing
     sum w l / sum w - beta KL(q(u|z) || N(0, I)) - mass_weight (mean w - alpha)^2 on the detached losses;

@@ -26,6 +26,7 @@ class CVaRDRO(Algorithm):
     Optimization", NeurIPS 2020 (CVaR at level alpha; Duchi & Namkoong 2021). This is the plain
     minibatch estimate of CVaR_alpha (biased for small batches), without the paper's multilevel
     Monte-Carlo correction; gradients flow only through the selected examples. alpha=1 is ERM.
+    Details: docs/methods.md#cvar_dro.
     """
 
     HParams = CVaRDROHParams

@@ -10,4 +10,5 @@ class ERM(Algorithm):
     """Empirical risk minimization (mean cross-entropy); composes with --aux objectives.
 
     Reference: Vapnik 1992; the baseline of every group-robustness benchmark.
+    Details: docs/methods.md#erm.
     """

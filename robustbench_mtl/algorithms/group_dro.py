@@ -32,7 +32,7 @@ class GroupDRO(Algorithm):
     """GroupDRO: minimise a q-weighted sum of per-group losses, q updated by exponentiated gradient.
 
     Reference: Sagawa et al., "Distributionally Robust Neural Networks for Group Shifts", ICLR 2020
-    (kohpangwei/group_DRO loss.py); the released MTL code's variant (METHODS.md §2.3). Per step, with
+    (kohpangwei/group_DRO loss.py); the released MTL code's variant (docs/methods.md#group_dro). Per step, with
     l_g the mean end-task loss of group g over the batch: for every group *present* in the batch
     q_g <- q_g * exp(eta * (l_g + C / sqrt(n_g))), absent groups keep their q; then q /= sum(q); the loss
     is sum over present groups of q_g * l_g with q detached (the MTL code's update; the original code

@@ -28,7 +28,7 @@ class IRMHParams:
 def irm_terms(logits: dict[str, Tensor], y: dict[str, Tensor], e: Tensor) -> tuple[Tensor, Tensor]:
     """(mean_e R^e, mean_e P^e) with P^e = sum_t (d/dw R^e_t(w * logits_t) at w = 1)^2.
 
-    One dummy scale per task (METHODS §6.3, multi-task use); R^e is the mean over env e's examples of
+    One dummy scale per task (docs/methods.md#irm, multi-task use [RECON]); R^e is the mean over env e's examples of
     the per-example loss summed over tasks (missing labels count 0), as `Algorithm.task_losses`.
     """
     device = next(iter(logits.values())).device
@@ -49,7 +49,7 @@ class IRM(AnnealedPenalty):
     """IRM (IRMv1 penalty over the batch's environments); composes with --aux objectives.
 
     Reference: Arjovsky et al. 2019, "Invariant Risk Minimization"; facebookresearch/InvariantRiskMinimization
-    colored_mnist/main.py (METHODS §6.3). loss = mean_e R^e + lambda(step) * mean_e ||grad_{w=1} R^e(w*logits)||^2
+    colored_mnist/main.py (docs/methods.md#irm). loss = mean_e R^e + lambda(step) * mean_e ||grad_{w=1} R^e(w*logits)||^2
     (+ weighted --aux terms), lambda = 1 before `anneal_steps` updates, then `penalty_weight`; with
     `rescale` the whole loss is divided by lambda when lambda > 1. Environments are the batch's `e` ids:
     the dataset's declared environments, or, where it declares none, its training groups (SubpopBench uses the

@@ -49,7 +49,7 @@ class JTT(Algorithm):
     Selection: every stage-1 epoch is evaluated and recorded in metrics.jsonl with `"phase": "setup"`
     (epochs numbered 0..T-1 within the stage). `select_phase2_only=True` (default, the JTT paper) lets
     protocols choose among stage-2 epochs only; False lets them choose among all epochs, stage-1 ERM
-    models included, as the released mt_l1 code does (METHODS §2.2: 4 of its 5 JTT "best" checkpoints
+    models included, as the released mt_l1 code does (docs/methods.md#jtt: 4 of its 5 JTT "best" checkpoints
     were ERM models).
     """
 

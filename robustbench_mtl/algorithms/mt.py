@@ -10,6 +10,7 @@ class MT(Algorithm):
     """Multitask learning: end task + auxiliary objective(s) with the paper's batching, no L1 penalty.
 
     Reference: Kulkarni, Dery et al. 2023 (arXiv 2312.03151), the `erm_mt` ablation. Needs --aux.
+    Details: docs/methods.md#mt.
     """
 
     requires_auxiliary = True

@@ -12,6 +12,7 @@ class MTL1(Algorithm):
     Reference: Kulkarni, Dery et al., "Multitask Learning Can Improve Worst-Group Outcomes" (arXiv 2312.03151),
     eq. 1: L = L_end + w_aux * L_aux + w_reg * (|h_end|_1 + |h_aux|_1); one auxiliary batch from an
     independently shuffled loader, one summed loss, one optimizer step. Needs --aux.
+    Details: docs/methods.md#mt_l1.
     """
 
     requires_auxiliary = True

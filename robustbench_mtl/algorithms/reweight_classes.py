@@ -22,6 +22,7 @@ class ReweightClasses(Algorithm):
     examples drawn with probability proportional to 1/n_{y(i)}, plain mean loss. With several tasks
     the classes are those of the first task; examples missing its label (-1) form one more class.
     n_y are counted on the training split (in `setup`/`sampler_weights`, and checkpointed).
+    Details: docs/methods.md#reweight_classes.
     """
 
     HParams = ReweightHParams

@@ -20,6 +20,7 @@ class ReweightGroups(Algorithm):
     of the group-balanced risk), examples drawn uniformly. `mode=sampling`: examples drawn with
     probability proportional to 1/n_{g(i)} (with replacement, N per epoch), plain mean loss; this is
     how the BalancingGroups code balances (a WeightedRandomSampler). n_g are the training group counts.
+    Details: docs/methods.md#reweight_groups.
     """
 
     HParams = ReweightHParams

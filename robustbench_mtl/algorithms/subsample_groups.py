@@ -25,6 +25,7 @@ class SubsampleGroups(Algorithm):
     (every draw's group is uniform over the groups). Difference from SUBG: SUBG makes passes over S
     without replacement, |S|/batch steps an epoch; here an epoch has ERM's N/batch steps, i.e. about
     N/|S| passes over S, so `train.epochs` counts far more passes over S than SUBG's epochs do.
+    Details: docs/methods.md#subsample_groups.
     """
 
     HParams = NoHParams

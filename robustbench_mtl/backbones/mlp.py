@@ -26,7 +26,7 @@ class MLPHParams:
 class MLP(Backbone):
     """Multilayer perceptron for tabular data; the representation is LayerNorm(W h + b).
 
-    The representation layer is the 'shared layer' of the synthetic experiment (METHODS.md §4.3).
+    The representation layer is the 'shared layer' of the synthetic experiment (docs/methods.md#synthetic).
     """
 
     HParams = MLPHParams

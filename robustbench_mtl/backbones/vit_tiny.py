@@ -34,7 +34,7 @@ class ViTTiny(Backbone):
     the backbone normalises them with mean = std = 0.5 (the released code's Normalize(0.5, 0.5)), so every
     objective feeds raw images. `mask` ([B, L] bool over patches) replaces masked patch embeddings by the
     learnable mask token (SimMIM). Outputs come after ViT's final LayerNorm, as the L1 penalty expects
-    (METHODS.md §1.1, §1.3).
+    (docs/methods.md#l1).
     """
 
     HParams = ViTTinyHParams

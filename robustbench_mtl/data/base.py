@@ -14,6 +14,7 @@ from torch import Tensor
 from ..hparams import NoHParams, to_dict
 from ..results import atomic_torch_save
 from ..types import Batch
+from ._files import Inside, OutsideRoot  # noqa: F401  (public: datasets read from disk join names with it)
 
 SPLITS = ("train", "val", "test")
 # Waterbirds' groups (label x background, g = 2 * y + place); the toybirds stand-in uses the same names.

@@ -1,4 +1,4 @@
-"""The synthetic core/spurious task of arXiv 2312.03151 (reconstructed, METHODS.md §4.2-4.3)."""
+"""The synthetic core/spurious task of arXiv 2312.03151 (reconstructed: docs/methods.md#synthetic)."""
 from __future__ import annotations
 
 import math
@@ -27,8 +27,9 @@ class Synthetic(Dataset):
     """2-D synthetic task: a noisy core feature and a clean spurious one that agrees with y 90% in train.
 
     Reference: the synthetic experiment of Kulkarni, Dery et al. (arXiv 2312.03151, Figs. 1-5), as
-    reconstructed in METHODS.md §4.2 [RECON]. x = (y + 2 e1, s + 0.1 e2), y, s in {-1, +1};
-    groups (y, s); val and test balanced over the 4 groups. Defaults are the settings of §4.3.
+    reconstructed in docs/methods.md#synthetic [RECON]. x = (y + 2 e1, s + 0.1 e2), y, s in {-1, +1};
+    groups (y, s); val and test balanced over the 4 groups. Defaults are the settings measured for
+    the reconstruction (docs/methods.md#synthetic).
     """
 
     HParams = SyntheticHParams

@@ -122,6 +122,7 @@ class ToyBirds(Dataset):
     copies exactly; this is a cheap embedded stand-in built from sklearn's digits, NOT Waterbirds.
     Groups are label x background; val/test are balanced over backgrounds within each class and
     draw their digits from handwriting unseen in train (disjoint digit pools).
+    Details: docs/methods.md#toybirds.
     """
 
     HParams = ToyBirdsHParams

@@ -167,7 +167,7 @@ class Waterbirds(Dataset):
     2*y + place; splits 0/1/2 = train/val/test; the known mislabelled species are kept, since the
     published numbers depend on them. Get the files with `robustbench-mtl prepare waterbirds --root DIR`.
     Defaults are a CPU-feasible ViT-tiny at 64 px with AdamW; the paper trains ViT-B/16 at 384 px
-    with SGD and a cosine schedule (METHODS.md §1.3, §1.8), which arrives in a later release.
+    with SGD and a cosine schedule (docs/methods.md#waterbirds), which arrives in a later release.
     """
 
     HParams = WaterbirdsHParams

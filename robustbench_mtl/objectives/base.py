@@ -14,7 +14,7 @@ from ..types import Batch, Outputs
 if TYPE_CHECKING:
     from ..model import Model
 
-# The paper's search grid for objective weights: e^k, k in {-1, 0, 1} (METHODS.md §1.1).
+# The paper's search grid for objective weights: e^k, k in {-1, 0, 1} (docs/methods.md#mt_l1).
 PAPER_WEIGHT_GRID = (0.3679, 1.0, 2.7183)
 
 

@@ -34,7 +34,7 @@ class MIM(AuxiliaryTask):
     """Masked image modelling: L1 reconstruction of the masked patches from a 1x1-conv + PixelShuffle decoder.
 
     Reference: SimMIM (Xie et al. 2022) as in transformers' ViTForMaskedImageModeling and run_mim.py's
-    MaskGenerator; METHODS.md §1.5 [RECON: the released mt_l1 code references but never defines its
+    MaskGenerator; docs/methods.md#mim [RECON: the released mt_l1 code references but never defines its
     MIMViTModel]. Aux view: RandomResizedCrop(scale (0.67, 1), ratio (3/4, 4/3)) + horizontal flip, per
     sample. The target is the backbone's *normalised* input (mean = std = 0.5), as SimMIM/HF reconstruct
     pixel_values; loss = sum(|x - x_hat| * mask) / (sum(mask) + 1e-5) / C. The L1 penalty reads the masked pass.

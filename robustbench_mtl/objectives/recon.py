@@ -32,7 +32,8 @@ class Recon(AuxiliaryTask):
     """Reconstruct the (flattened) input from the pooled shared representation with a linear decoder, MSE.
 
     Reference: the auxiliary task of the synthetic experiment of arXiv 2312.03151 (Fig. 4), as reconstructed
-    in METHODS.md §4.2-4.3 [RECON: the paper's exact aux target is not published].
+    in docs/methods.md#synthetic [RECON: the paper's exact aux target is not published].
+    Details: docs/methods.md#recon.
     """
 
     HParams = ReconHParams

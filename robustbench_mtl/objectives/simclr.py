@@ -47,7 +47,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 class SimCLR(AuxiliaryTask):
     """SimCLR: NT-Xent between two augmented views through a Linear -> GELU projection head (tau = 1).
 
-    Reference: Chen et al. 2020 (SimCLR); the released mt_l1 code's `erm_mt2` on images (METHODS.md §1.6).
+    Reference: Chen et al. 2020 (SimCLR); the released mt_l1 code's `erm_mt2` on images (docs/methods.md#simclr).
     Views: RandomResizedCrop(scale (0.67, 1)), flip p=0.5, ColorJitter(0.8, 0.8, 0.8, 0.2) p=0.8, grayscale
     p=0.2, Gaussian blur (kernel int(0.1 * side) made odd, >= 3; sigma U(0.1, 2)) always; per-sample params.
     Colour ops apply to RGB images only. The released code feeds these views un-normalised ([0, 1]) while its

@@ -10,6 +10,7 @@ class OracleWorstGroup(Selection):
     """ORACLE: the epoch with the best test worst-group accuracy, over all epochs; uses test labels.
 
     Reference: Gulrajani & Lopez-Paz 2021 (DomainBed's test-domain oracle); an upper bound only.
+    Details: docs/methods.md#oracle_worst_group.
     """
 
     metric = "test/worst_group_acc"

@@ -10,6 +10,7 @@ class ValAvg(Selection):
     """No-GP: the epoch with the best average validation accuracy (no group labels anywhere).
 
     Reference: Kulkarni, Dery et al. 2023 ("No-GP"); BalancingGroups' `--selector avg_acc_va`.
+    Details: docs/methods.md#val_avg.
     """
 
     metric = "val/avg_acc"

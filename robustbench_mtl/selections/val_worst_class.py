@@ -10,6 +10,7 @@ class ValWorstClass(Selection):
     """The epoch with the best worst-class validation accuracy (needs no group labels).
 
     Reference: Idrissi et al. 2022 (BalancingGroups) and Yang et al. 2023 (SubpopBench), worst-class selection.
+    Details: docs/methods.md#val_worst_class.
     """
 
     metric = "val/worst_class_acc"
