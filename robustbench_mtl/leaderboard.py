@@ -211,7 +211,8 @@ def _cells(r: dict[str, Any]) -> list[str]:
     return [r["method"], r["backbone"], _selection_cell(r),
             _pct(r["test_worst_group_acc_mean"], r["test_worst_group_acc_std"]),
             _pct(r["test_avg_acc_mean"], r["test_avg_acc_std"]), str(r["n_seeds"]),
-            "yes" if r["uses_train_groups"] else "no", "yes" if r["uses_val_groups_any"] else "no"]
+            "yes" if r["uses_train_groups"] else "no",
+            ("yes" if r["uses_val_groups_any"] else "no") + (" (test groups)" if r["oracle"] else "")]
 
 
 def render_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
@@ -233,8 +234,8 @@ def render_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
               "accuracy (with several tasks, each is the mean over tasks); both in percent, mean ± sample std over "
               "seeds (the value alone for a single seed). Train groups: the algorithm used training group labels. "
               "Val groups: validation group labels were used, by the algorithm or by the selection protocol (to "
-              "choose the epoch and configuration). *Italic* oracle rows select on test labels and are upper "
-              "bounds, not results.", ""]
+              "choose the epoch and configuration). *Italic* oracle rows select on test labels, test group labels "
+              "included, and are upper bounds, not results.", ""]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from robustbench_mtl import testing
+from robustbench_mtl.algorithms.base import Algorithm
 from robustbench_mtl.algorithms.erm import ERM
 from robustbench_mtl.data import waterbirds as wb
 from robustbench_mtl.registry import REGISTRIES
@@ -128,3 +129,36 @@ def test_every_method_page_cites_an_existing_section_of_docs_methods() -> None:
                  root / "README.md", *root.joinpath("leaderboards").glob("*.md")]:
         text = path.read_text()
         assert "METHODS.md" not in text and "DESIGN.md" not in text and "METHODS §" not in text, path
+
+
+class _TwinInInit(Algorithm):
+    """ERM plus a second head trained on the same loss, created in __init__ (a test algorithm)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.twin = torch.nn.Linear(self.model.backbone.out_dim, 2)
+
+    def compute_loss(self, batch, aux_batch):
+        out = self.model(batch.x)
+        twin = torch.nn.functional.cross_entropy(self.twin(out.pooled), batch.y["y"])
+        total = self.task_losses(out, batch).mean() + twin
+        return total, {"loss_twin": twin}
+
+
+class _TwinTooLate(_TwinInInit):
+    """The same, but its optimizer was built before the twin existed (a defect the kit must catch)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        Algorithm.__init__(self, *args, **kwargs)
+        self.optimizer  # noqa: B018  built now, over the model only
+        self.twin = torch.nn.Linear(self.model.backbone.out_dim, 2)
+
+
+def test_a_second_network_is_trained_and_an_untrained_one_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_mtl.registry import ALGORITHMS
+
+    monkeypatch.setitem(ALGORITHMS._items, "_twin_ok", _TwinInInit)
+    monkeypatch.setitem(ALGORITHMS._items, "_twin_late", _TwinTooLate)
+    testing.check_algorithm("_twin_ok")
+    with pytest.raises(AssertionError, match=r"received gradients but never changed.*twin\.weight"):
+        testing.check_algorithm("_twin_late")

@@ -19,7 +19,7 @@ from robustbench_mtl.results import finished_runs
 GROUPS = ["y0_s0", "y0_s1", "y1_s0", "y1_s1"]
 CORE = {"dist": "robustbench-mtl", "version": "0.1.0"}
 PROTOCOLS = {  # name -> (label, oracle, metric, uses_val_groups), as in robustbench_mtl/selections
-    "oracle_worst_group": ("Oracle (test)", True, "test/worst_group_acc", True),
+    "oracle_worst_group": ("Oracle (test)", True, "test/worst_group_acc", False),
     "val_avg": ("No-GP", False, "val/avg_acc", False),
     "val_worst_class": ("Val-WC", False, "val/worst_class_acc", False),
     "val_worst_group": ("Val-GP", False, "val/worst_group_acc", True),
@@ -332,6 +332,8 @@ def test_train_and_val_group_columns_and_a_footnote_true_for_every_row(tmp_path:
     assert "| erm | mlp | No-GP | 40.0 | 90.0 | 1 | no | no |" in md
     assert "| group_dro | mlp | Val-WC | 70.0 | 90.0 | 1 | yes | no |" in md
     assert "| erm | mlp | Val-GP | 40.0 | 90.0 | 1 | no | yes |" in md
+    assert "| erm | mlp | *Oracle (test)* | 40.0 | 90.0 | 1 | no | no (test groups) |" in md
+    assert "| dfr | mlp | *Oracle (test)* | 60.0 | 90.0 | 1 | no | yes (test groups) |" in md
     assert "without" not in md  # no protocol is called group-free
     assert "Train groups: the algorithm used training group labels." in md
     assert "Val groups: validation group labels were used, by the algorithm or by the selection protocol" in md

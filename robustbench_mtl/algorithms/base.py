@@ -85,12 +85,19 @@ class Algorithm(nn.Module):
         assert self._optimizer is not None
         return self._optimizer
 
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer) -> None:  # subclasses that build their own
+        self._optimizer, self._scheduler = value, None
+
     @property
     def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        if self._scheduler is None:
-            self.configure_optimizers()
-        assert self._scheduler is not None
+        if self._scheduler is None:  # over the optimizer a subclass may have set itself
+            self._scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         return self._scheduler
+
+    @scheduler.setter
+    def scheduler(self, value: torch.optim.lr_scheduler.LRScheduler) -> None:
+        self._scheduler = value
 
     def _lr_factor(self, step: int) -> float:
         t = self.train_hp
