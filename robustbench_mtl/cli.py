@@ -17,6 +17,9 @@ from . import __version__
 from .errors import RobustbenchError
 from .registry import CORE_DIST
 
+# Where datasets read from disk live by default; kept here so `--help` needs no dataset import.
+DEFAULT_ROOT, ROOT_ENV = "data", "ROBUSTBENCH_MTL_DATA"
+
 out = Console()
 err = Console(stderr=True)
 
@@ -116,27 +119,66 @@ def _reporter(quiet: bool) -> Any:
     return RichReporter() if err.is_terminal else PlainReporter()
 
 
+def _spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options `run` and `pretrain` share: what to train, on what, how, and where."""
+    options = [
+        click.option("--data", help="dataset name (see `robustbench-mtl list datasets`)"),
+        click.option("--aux", multiple=True, help="auxiliary objective(s); repeat or comma-separate"),
+        click.option("--backbone", default=None, help="backbone name; default: the dataset's"),
+        click.option("--root", type=click.Path(path_type=Path), default=None,
+                     help=f"data root of a dataset read from disk (= --set data.root=DIR); default: "
+                          f"${ROOT_ENV}, else ./{DEFAULT_ROOT}"),
+        click.option("--seed", default=0, show_default=True, type=int, help="run seed (init, shuffling, augmentation)"),
+        click.option("--preset", default=None, help="a preset of the dataset, or a .toml/.json file of overrides"),
+        click.option("--set", "overrides", multiple=True, metavar="SCOPE.FIELD=VALUE", help="override one hparam"),
+        click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N"),
+        click.option("--threads", type=int, default=0,
+                     help="torch CPU threads; 0 = auto (1 for tabular data on CPU, else all cores)"),
+        click.option("--json", "as_json", is_flag=True, help="print final.json to stdout"),
+        click.option("--quiet", is_flag=True, help="no progress bar or per-epoch lines"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _with_root(data: str, root: Path | None, overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """`--root DIR` as the `data.root` override it stands for (given once, for a dataset read from disk)."""
+    if root is None:
+        return overrides
+    from .errors import ConfigError
+    from .hparams import fields_of
+    from .registry import DATASETS
+
+    if "root" not in {f.name for f in fields_of(DATASETS.get(data).HParams)}:
+        raise ConfigError(f"dataset '{data}' is embedded: it has no data root, so --root does not apply")
+    if any(o.strip().startswith("data.root=") for o in overrides):
+        raise ConfigError("the data root is given twice (--root and --set data.root=...); keep one")
+    return (f"data.root={root}", *overrides)
+
+
+def _report(result: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.final)
+        return
+    if result.already_finished:
+        err.print(f"already finished: {result.out_dir} (nothing was retrained)")
+    _print_summary(result.final)
+    out.print(f"results: [bold]{result.out_dir}[/] (config.json, metrics.jsonl, final.json)")
+
+
 @main.command()
 @click.option("--algo", "algorithm", help="algorithm name (see `robustbench-mtl list algorithms`)")
-@click.option("--data", help="dataset name (see `robustbench-mtl list datasets`)")
-@click.option("--aux", multiple=True, help="auxiliary objective(s); repeat or comma-separate")
-@click.option("--backbone", default=None, help="backbone name; default: the dataset's")
-@click.option("--seed", default=0, show_default=True, type=int, help="run seed (init, shuffling, augmentation)")
+@_spec_options
 @click.option("--hparams-seed", default=0, show_default=True, type=int,
               help="0 = defaults; N > 0 = a random draw from the search spaces, seeded per field")
-@click.option("--preset", default=None, help="a preset of the dataset, or a .toml/.json file of overrides")
-@click.option("--set", "overrides", multiple=True, metavar="SCOPE.FIELD=VALUE", help="override one hparam")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="run directory; default runs/<data>/<method>-<backbone>-s<seed>-<hash>")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda, cuda:N")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its own config.json")
-@click.option("--threads", type=int, default=0, help="torch CPU threads; 0 = auto (1 for tabular data on CPU, else all cores)")
-@click.option("--json", "as_json", is_flag=True, help="print final.json to stdout")
-@click.option("--quiet", is_flag=True, help="no progress bar or per-epoch lines")
 @_fail_cleanly
-def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone: str | None, seed: int,
-        hparams_seed: int, preset: str | None, overrides: tuple[str, ...], out_dir: Path | None, device: str,
-        resume: bool, threads: int, as_json: bool, quiet: bool) -> None:
+def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone: str | None, root: Path | None,
+        seed: int, hparams_seed: int, preset: str | None, overrides: tuple[str, ...], out_dir: Path | None,
+        device: str, resume: bool, threads: int, as_json: bool, quiet: bool) -> None:
     """Train and evaluate one configuration; prints where its results are."""
     from .config import RunSpec
     from .errors import ConfigError
@@ -150,33 +192,56 @@ def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone:
     else:
         if not algorithm or not data:
             raise ConfigError("run needs --algo and --data (or --resume --out DIR); see `robustbench-mtl run -h`")
-        aux_names = tuple(a.strip() for item in aux for a in item.split(",") if a.strip())
-        spec = RunSpec(data=data, algorithm=algorithm, aux=aux_names, backbone=backbone, seed=seed,
-                       hparams_seed=hparams_seed, preset=preset, overrides=overrides, device=device,
-                       threads=threads)
-    result = run_fn(spec, out_dir, _reporter(quiet or as_json))
+        spec = RunSpec(data=data, algorithm=algorithm, aux=_names(aux), backbone=backbone, seed=seed,
+                       hparams_seed=hparams_seed, preset=preset, overrides=_with_root(data, root, overrides),
+                       device=device, threads=threads)
+    _report(run_fn(spec, out_dir, _reporter(quiet or as_json)), as_json)
+
+
+def _names(aux: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(a.strip() for item in aux for a in item.split(",") if a.strip())
+
+
+@main.command()
+@_spec_options
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="directory for the pretraining run and the saved backbone.pt")
+@_fail_cleanly
+def pretrain(data: str | None, aux: tuple[str, ...], backbone: str | None, root: Path | None, seed: int,
+             preset: str | None, overrides: tuple[str, ...], out_dir: Path, device: str, threads: int,
+             as_json: bool, quiet: bool) -> None:
+    """Task-adaptive pretraining: train a backbone on DATA's training inputs with --aux objectives only (no
+    labels) and save it in --out; start any run from it with --set backbone.init=OUT."""
+    from .config import RunSpec
+    from .errors import ConfigError
+    from .runner import pretrain as pretrain_fn
+
+    if not data or not aux:
+        raise ConfigError("pretrain needs --data and --aux (e.g. --aux mim); see `robustbench-mtl pretrain -h`")
+    spec = RunSpec(data=data, algorithm="tapt", aux=_names(aux), backbone=backbone, seed=seed, preset=preset,
+                   overrides=_with_root(data, root, overrides), device=device, threads=threads)
+    path = pretrain_fn(spec, out_dir, _reporter(quiet or as_json))
     if as_json:
-        _print_json(result.final)
+        _print_json({"backbone": str(path), "init": f"backbone.init={out_dir}"})
         return
-    if result.already_finished:
-        err.print(f"already finished: {result.out_dir} (nothing was retrained)")
-    _print_summary(result.final)
-    out.print(f"results: [bold]{result.out_dir}[/] (config.json, metrics.jsonl, final.json)")
+    out.print(f"saved [bold]{path}[/]; start a run from it with --set backbone.init={out_dir}")
 
 
 @main.command()
 @click.argument("dataset")
-@click.option("--root", type=click.Path(path_type=Path), required=True, help="data root to download into")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help=f"data root to download into; default: ${ROOT_ENV}, else ./{DEFAULT_ROOT}")
 @_fail_cleanly
-def prepare(dataset: str, root: Path) -> None:
+def prepare(dataset: str, root: Path | None) -> None:
     """Download DATASET's files into --root with its maintained downloader, verify them, print the dir."""
+    from .data._images import resolve_root
     from .errors import ConfigError
     from .registry import DATASETS
 
     prepare_fn = getattr(DATASETS.get(dataset), "prepare", None)
     if prepare_fn is None:
         raise ConfigError(f"dataset '{dataset}' is embedded: nothing to prepare")
-    click.echo(str(prepare_fn(root)))
+    click.echo(str(prepare_fn(Path(resolve_root(DEFAULT_ROOT) if root is None else root))))
 
 
 def _print_summary(final: dict[str, Any]) -> None:

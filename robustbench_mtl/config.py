@@ -37,6 +37,8 @@ class TrainHParams:
                                 "many epochs; 0 = never stop early")
     eval_batch_size: int = hp(512, ge=1, help="batch size for evaluation")
     precision: Literal["auto", "fp32", "bf16"] = hp("auto", help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    deterministic: bool = hp(False, help="torch deterministic algorithms (and CUBLAS_WORKSPACE_CONFIG on CUDA): "
+                                         "bit-identical CUDA reruns, at some speed; CPU runs are deterministic anyway")
 
 
 @dataclass(frozen=True)

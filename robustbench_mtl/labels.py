@@ -62,13 +62,13 @@ def train_view(split: TensorSplit, use: LabelUse) -> TensorSplit:
     """The training split as the algorithm sees it: unused group and environment ids are -1."""
     g = split.g if use.direct_train_groups else _hidden(split.g)
     e = {"dataset": split.e, "train_groups": split.g, None: _hidden(split.e)}[use.environments]
-    return TensorSplit(split.x, split.y, g, e)
+    return replace(split, g=g, e=e)
 
 
 def val_view(split: TensorSplit, use: LabelUse) -> TensorSplit:
     """Validation data for `after_training`: group ids only for algorithms that declare `uses_val_groups`."""
     e = split.e if use.environments == "dataset" else _hidden(split.e)
-    return TensorSplit(split.x, split.y, split.g if use.val_groups else _hidden(split.g), e)
+    return replace(split, g=split.g if use.val_groups else _hidden(split.g), e=e)
 
 
 def algorithm_info(info: DataInfo, use: LabelUse) -> DataInfo:

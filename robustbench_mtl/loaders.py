@@ -1,8 +1,10 @@
-"""Minibatch streams over in-memory splits: the end-task loader and the independent auxiliary stream."""
+"""Minibatch streams over splits (in memory or on disk): the end-task loader and the independent auxiliary stream."""
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -38,10 +40,30 @@ def epoch_length(n: int, repeats: Tensor | None = None) -> int:
 
 def epoch_batches(split: TensorSplit, batch_size: int, seed: int, epoch: int, weights: Tensor | None = None,
                   repeats: Tensor | None = None) -> Iterator[Batch]:
-    """The end-task batches of one epoch (the last one may be smaller, as a DataLoader's)."""
+    """The end-task batches of one epoch (the last one may be smaller, as a DataLoader's).
+
+    For splits read from disk (`prefetch` true) the next batches' rows are gathered in a background
+    thread while the current one trains; transforms (which draw random numbers) stay in this thread,
+    so results do not depend on thread timing.
+    """
     order = epoch_order(len(split), seed, "train", epoch, weights, repeats).to(split.g.device)
-    for start in range(0, len(order), batch_size):
-        yield split.batch(order[start:start + batch_size])
+    chunks = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    if not getattr(split, "prefetch", False):
+        for idx in chunks:
+            yield split.batch(idx)
+        return
+    for idx, rows in prefetched(chunks, split.gather):
+        yield split.batch(idx, rows)
+
+
+def prefetched(items: list[Tensor], load: Callable[[Tensor], Tensor], depth: int = 2) -> Iterator[tuple[Tensor, Tensor]]:
+    """(item, load(item)) in order, with up to `depth` loads running ahead in one worker thread."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque[Future[Tensor]] = deque()
+        for i, item in enumerate(items):
+            while len(pending) <= depth and i + len(pending) < len(items):
+                pending.append(pool.submit(load, items[i + len(pending)]))
+            yield item, pending.popleft().result()
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -71,8 +93,10 @@ class AuxStream:
             self.epoch, self.pos, self._order = self.epoch + 1, 0, None
         idx = self._ensure_order()[self.pos:self.pos + self.batch_size]
         self.pos += len(idx)
-        b = self.split.batch(idx)
-        return Batch(b.x, {}, torch.full_like(b.g, -1), torch.full_like(b.e, -1), b.idx)
+        # The stored inputs, untransformed: each auxiliary task takes its own views of them (the released
+        # code's aux loader has its own transforms, applied to the image, not to the end-task view).
+        hidden = torch.full_like(self.split.g[idx], -1)
+        return Batch(self.split.raw(idx), {}, hidden, hidden.clone(), idx)
 
     def state(self) -> list[int]:
         return [self.epoch, self.pos]

@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from . import checkpoint as ckpt
+from .backbones.base import BACKBONE_FILE, BACKBONE_META
 from .config import Resolved, RunSpec, resolve
 from .errors import ConfigError, Interrupted, RunFailedError
 from .provenance import provenance
-from .results import CHECKPOINT, CONFIG, FINAL, METRICS, atomic_write_json, read_json, rewrite_jsonl
+from .results import (CHECKPOINT, CONFIG, FINAL, METRICS, atomic_torch_save, atomic_write_json, read_json,
+                      rewrite_jsonl)
 from .selection import select_all, selected_model_path
 from .trainer import Reporter, Trainer, assemble, build, evaluate
 
@@ -46,6 +49,26 @@ def set_threads(device: torch.device, threads: int, modality: str) -> None:
         torch.set_num_threads(threads)
     elif device.type == "cpu" and modality == "tabular":
         torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def deterministic_mode(on: bool) -> Iterator[None]:
+    """torch's deterministic algorithms for the run when `on` (train.deterministic), restored after.
+
+    cuBLAS needs CUBLAS_WORKSPACE_CONFIG set before its first use for deterministic matmuls; it is set
+    only if the user has not set it."""
+    if not on:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
 
 
 def default_out_dir(r: Resolved) -> Path:
@@ -141,6 +164,11 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
     if state == "done":
         return RunResult(out, read_json(out / FINAL), already_finished=True)
     reporter = reporter or Reporter()
+    with deterministic_mode(r.hparams["train"].deterministic):
+        return _train(r, out, device, reporter, state)
+
+
+def _train(r: Resolved, out: Path, device: torch.device, reporter: Reporter, state: str) -> RunResult:
     trainer = Trainer(r, out, device, reporter)
     resumed = None
     t0 = time.perf_counter()
@@ -167,5 +195,34 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
     return RunResult(out, final, resumed_from_epoch=resumed)
 
 
-__all__ = ["run", "RunResult", "Reporter", "RunSpec", "assemble", "build", "evaluate", "pick_device",
+def pretrain(spec: RunSpec, out_dir: Path, reporter: Reporter | None = None) -> Path:
+    """Task-adaptive pretraining: a `tapt` run of `spec` (its --aux objectives only, no labels, no early
+    stopping unless asked for) into `out_dir`, then the last epoch's backbone saved there as backbone.pt
+    with backbone.json (what it is and how it was made). Any run starts from it with
+    `--set backbone.init=<out_dir>`. Returns the path of backbone.pt."""
+    if spec.algorithm != "tapt":
+        spec = replace(spec, algorithm="tapt")
+    # Untrained heads make val metrics meaningless, so by default nothing stops early on them.
+    spec = replace(spec, overrides=("train.patience=0", *spec.overrides))
+    result = run(spec, out_dir, reporter)
+    out = result.out_dir
+    state = ckpt.load(out / CHECKPOINT)["algorithm"]
+    weights = {k[len("model.backbone."):]: v for k, v in state.items() if k.startswith("model.backbone.")}
+    config = read_json(out / CONFIG)
+    atomic_torch_save(weights, out / BACKBONE_FILE)
+    atomic_write_json(out / BACKBONE_META, {
+        "backbone": config["backbone"], "class": _backbone_class(config), "hparams": config["hparams"]["backbone"],
+        "pretrained_on": config["spec"]["data"], "objectives": config["objectives"],
+        "epochs": result.final["epochs_run"], "run": config["identity"]})
+    return out / BACKBONE_FILE
+
+
+def _backbone_class(config: dict[str, Any]) -> str:
+    from .registry import BACKBONES
+
+    cls = BACKBONES.get(config["backbone"])
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+__all__ = ["run", "pretrain", "RunResult", "Reporter", "RunSpec", "assemble", "build", "evaluate", "pick_device",
            "selected_model_path"]

@@ -258,7 +258,7 @@ def check_dataset(name: str, **hparam_overrides: Any) -> None:
     for split in SPLITS:
         _check_split(f"dataset '{name}' split '{split}'", splits[split], cls, -1 if split == "train" else 0)
     info = ds.info()
-    assert info.input_shape == tuple(splits["train"].x.shape[1:]) and info.tasks == dict(cls.tasks), \
+    assert info.input_shape == tuple(splits["train"].inputs(slice(0, 1)).shape[1:]) and info.tasks == dict(cls.tasks), \
         f"dataset '{name}': info() disagrees with the data"
     BACKBONES.get(cls.default_backbone).check(cls.default_backbone, info)
     scopes = {"data": cls.HParams, "train": TrainHParams, "model": ModelHParams,

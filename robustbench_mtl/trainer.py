@@ -39,6 +39,8 @@ def assemble(classes: dict[str, type], hparams: dict[str, Any], objectives: list
     `labels.algorithm_info`). `robustbench_mtl.testing` builds through here too."""
     ckpt.seed_everything(seed)
     backbone = classes["backbone"](hparams["backbone"], info)
+    if getattr(hparams["backbone"], "init", ""):  # weights saved by `robustbench-mtl pretrain`
+        backbone.load_init(hparams["backbone"].init)
     objs = {o: classes[f"objective:{o}"](hparams[o], backbone, info) for o in objectives}
     model = Model(backbone, info.tasks, objs, hparams["model"].head_norm)
     return classes["algorithm"](model.to(device), hparams["algorithm"], hparams["train"], info, total_steps)
@@ -222,7 +224,5 @@ class Trainer:
     def _val_part(self, part: bool | TensorSplit | torch.Tensor) -> TensorSplit:
         """All of val (True), the returned split as given, or the rows of val with the given indices."""
         if isinstance(part, torch.Tensor):  # row indices: evaluated with every label, groups included
-            idx = part.to(self.val.g.device)
-            return TensorSplit(self.val.x[idx], {t: v[idx] for t, v in self.val.y.items()}, self.val.g[idx],
-                               self.val.e[idx])
+            return self.val.subset(part)
         return self.val if part is True else part

@@ -26,8 +26,35 @@ def test_objective(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", REGISTRIES["backbones"].names())
-def test_backbone(name: str) -> None:
-    testing.check_backbone(name)
+def test_backbone(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no test downloads weights: tiny local configs instead
+    testing.check_backbone(name, **_offline_backbone_overrides(name, tmp_path))
+
+
+def _offline_backbone_overrides(name: str, tmp_path: Path) -> dict:
+    """Hparams that let a pretrained-by-default backbone build without a download."""
+    if name == "vit_b16":
+        from transformers import ViTConfig, ViTModel
+
+        config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                           patch_size=4, image_size=16)
+        ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+        return {"model": str(tmp_path / "vit")}
+    return {"timm": {"model": "resnet10t", "pretrained": False}, "resnet50": {"pretrained": False}}.get(name, {})
+
+
+def write_celeba(data_dir: Path) -> None:
+    """One image per group per split in the Google Drive TXT layout (count line, 40 names, '%2d' values)."""
+    rows = [(s, y, m) for s in range(3) for y in (0, 1) for m in (0, 1)]
+    names = [f"{i + 1:06d}.jpg" for i in range(len(rows))]
+    (data_dir / "img_align_celeba").mkdir(parents=True)
+    header = " ".join("Blond_Hair" if j == 9 else "Male" if j == 20 else f"a{j}" for j in range(40))
+    attr = [str(len(rows)), header] + [n + "".join(f" {2 * (y if j == 9 else m if j == 20 else 0) - 1:2d}"
+                                                   for j in range(40)) for n, (_, y, m) in zip(names, rows)]
+    (data_dir / "list_attr_celeba.txt").write_text("\n".join(attr) + "\n")
+    (data_dir / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, (s, _, _) in zip(names, rows)))
+    for n, (_, y, m) in zip(names, rows):
+        Image.new("RGB", (178, 218), (40, 200 if m else 50, 200 if y else 50)).save(data_dir / "img_align_celeba" / n)
 
 
 def write_waterbirds(data_dir: Path) -> None:
@@ -47,6 +74,9 @@ def write_waterbirds(data_dir: Path) -> None:
 def test_dataset(name: str, tmp_path: Path) -> None:
     if name == "waterbirds":  # real data is not downloaded in tests: a tiny fixture in its official format
         write_waterbirds(tmp_path / wb.WILDS_DIR)
+        testing.check_dataset(name, root=str(tmp_path), image_size=16)
+    elif name == "celeba":
+        write_celeba(tmp_path / "celeba")
         testing.check_dataset(name, root=str(tmp_path), image_size=16)
     else:
         testing.check_dataset(name)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from robustbench_mtl.cli import main
 from robustbench_mtl.config import RunSpec
-from robustbench_mtl.data import _files
+from robustbench_mtl.data import _files, _images, _store
 from robustbench_mtl.data import waterbirds as wb
 from robustbench_mtl.errors import ConfigError, DataNotFoundError
 from robustbench_mtl.registry import DATASETS
@@ -54,7 +54,7 @@ def write_fixture(data_dir: Path, per_group: int = 2) -> pd.DataFrame:
 def make(root: Path | None = None, size: int = 16) -> wb.Waterbirds:
     cls = DATASETS.get("waterbirds")
     kw = {} if root is None else {"root": str(root)}
-    return cls(cls.HParams(image_size=size, **kw), "waterbirds")
+    return cls(cls.HParams(image_size=size, store_size=size, **kw), "waterbirds")
 
 
 @pytest.fixture
@@ -109,14 +109,14 @@ def test_cache_reused_and_keyed_by_files(root: Path, monkeypatch: pytest.MonkeyP
                                          capsys: pytest.CaptureFixture[str]) -> None:
     first = make(root).load()
     assert capsys.readouterr().out == ""  # loading shows nothing on stdout
-    path = make(root)._cache_path()
+    path = _store.store_path(make(root).store_key("test"))
     assert path.exists()
-    monkeypatch.setattr(wb, "decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    monkeypatch.setattr(_images, "decode", lambda *a: pytest.fail("decoded again despite the cache"))
     assert torch.equal(make(root).load()["test"].x, first["test"].x)
     meta = pd.read_csv(root / wb.WILDS_DIR / "metadata.csv")
     meta.loc[0, "y"] = 1
     meta.to_csv(root / wb.WILDS_DIR / "metadata.csv", index=False)
-    assert make(root)._cache_path() != path
+    assert _store.store_path(make(root).store_key("test")) != path
 
 
 def rewrite(root: Path, edit) -> None:
@@ -206,7 +206,7 @@ def test_names_outside_the_data_dir(root: Path, tmp_path: Path, monkeypatch: pyt
     set_name(root, 3, name)
     cache = tmp_path / "cache"
     monkeypatch.setenv("ROBUSTBENCH_MTL_CACHE", str(cache))
-    monkeypatch.setattr(wb, "decode", lambda *a: pytest.fail("an image was read"))
+    monkeypatch.setattr(_images, "decode", lambda *a: pytest.fail("an image was read"))
     out = tmp_path / "run"
     res = invoke("run", "--algo", "erm", "--data", "waterbirds", "--set", f"data.root={root}",
                  "--set", "train.epochs=1", "--out", str(out))

@@ -187,9 +187,7 @@ class DFR(Algorithm):
             final[task] = averaged_head(h.reg, chosen[task], feats, y, draws, n_classes, scaler, seed)
         for task, (w, b) in tuning.items():
             self.set_head(task, w, b)
-        held_dev = held.to(val.g.device)
-        report = self.evaluate_split(TensorSplit(val.x[held_dev], {t: v[held_dev] for t, v in val.y.items()},
-                                                 val.g[held_dev], val.e[held_dev]))
+        report = self.evaluate_split(val.subset(held))
         for task, (w, b) in final.items():
             self.set_head(task, w, b)
         return {**report, **{f"dfr/C/{t}" if len(self.info.tasks) > 1 else "dfr/C": c for t, c in chosen.items()}}

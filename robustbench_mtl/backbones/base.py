@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import abc
+import json
+from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from ..data.base import DataInfo
@@ -43,6 +46,11 @@ class Backbone(nn.Module, abc.ABC):
                 f"{info.modality}; pick another with --backbone (see `robustbench-mtl list backbones`)"
             )
 
+    def load_init(self, directory: str) -> None:
+        """Start from the weights `robustbench-mtl pretrain` saved in `directory` (backbone.pt, read with
+        weights_only=True); a missing file or another architecture is one ConfigError line."""
+        load_pretrained_backbone(self, Path(directory))
+
     def normalize(self, x: Tensor) -> Tensor:
         """What the network reads for input `x` (masked-modelling targets use it); identity by default."""
         return x
@@ -50,3 +58,32 @@ class Backbone(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Outputs:
         """Shared representation of `x`; `mask` is a bool [B, L] of positions to mask (if supported)."""
+
+
+BACKBONE_FILE, BACKBONE_META = "backbone.pt", "backbone.json"
+
+
+def class_path(module: nn.Module) -> str:
+    return f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def load_pretrained_backbone(backbone: nn.Module, directory: Path) -> None:
+    """Load `directory`/backbone.pt into `backbone`, checking it was saved from the same architecture."""
+    hint = f"create it with `robustbench-mtl pretrain --aux ... --data ... --out {directory}`"
+    path, meta_path = directory / BACKBONE_FILE, directory / BACKBONE_META
+    if not path.is_file() or not meta_path.is_file():
+        raise ConfigError(f"backbone.init={directory}: no {BACKBONE_FILE} and {BACKBONE_META} there; {hint}")
+    try:
+        meta = json.loads(meta_path.read_text())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"backbone.init={directory}: cannot read it ({type(exc).__name__}); {hint}") from None
+    if meta.get("class") != class_path(backbone):
+        raise ConfigError(f"backbone.init={directory} holds a {meta.get('backbone')!r} backbone "
+                          f"({meta.get('class')}), not this run's {class_path(backbone)}; pass the matching --backbone")
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as exc:  # same class, other architecture hparams (widths, patch size, ...)
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(f"backbone.init={directory} does not fit this backbone's hparams ({first}); use the "
+                          f"backbone hparams it was pretrained with: {meta.get('hparams')}") from None

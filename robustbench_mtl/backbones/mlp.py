@@ -20,6 +20,8 @@ class MLPHParams:
     rep_dim: int = hp(64, Choice((8, 16, 64, 128)), ge=1, help="width D of the shared representation")
     norm: Literal["layernorm", "none"] = hp("layernorm", help="normalization of the representation layer")
     dropout: float = hp(0.0, ge=0, lt=1, help="dropout after each hidden layer")
+    init: str = hp("", help="directory written by `robustbench-mtl pretrain` to start from; '' = this "
+                            "backbone's own initialisation")
 
 
 @BACKBONES.register("mlp")

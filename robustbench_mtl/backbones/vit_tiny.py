@@ -23,6 +23,8 @@ class ViTTinyHParams:
     intermediate_size: int = hp(128, ge=1, help="hidden width of each block's MLP")
     patch_size: int = hp(4, ge=1, help="side of the square patches; must divide the image side")
     dropout: float = hp(0.0, ge=0, lt=1, help="dropout on hidden states and attention probabilities")
+    init: str = hp("", help="directory written by `robustbench-mtl pretrain` to start from; '' = this "
+                            "backbone's own initialisation")
 
 
 @BACKBONES.register("vit_tiny")

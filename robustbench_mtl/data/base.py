@@ -4,9 +4,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -22,34 +22,63 @@ WATERBIRDS_GROUPS = ("landbird_land", "landbird_water", "waterbird_land", "water
 Modality = Literal["tabular", "image", "text"]
 
 
+Transform = Callable[[Tensor], Tensor]
+
+
 @dataclass
 class TensorSplit:
-    """One split held in memory: inputs, labels per task, group ids and environment ids.
+    """One split: inputs, labels per task, group ids and environment ids, and how inputs are viewed.
 
     Group ids index the dataset's `group_names`, environment ids its `environment_names` (0 where it
     declares none); -1 means hidden (the algorithm did not declare a use) or unknown.
+    `x` holds the stored inputs (uint8 images are scaled to [0, 1] when read). `eval_transform` maps
+    stored inputs to what the model reads (e.g. a resize from the stored side to the model's);
+    `train_transform` is the end-task training augmentation (e.g. RandomResizedCrop); both run on
+    the split's device, on whole batches, and are None (identity) for data stored as the model reads it.
     """
 
     x: Tensor
     y: dict[str, Tensor]
     g: Tensor
     e: Tensor
+    train_transform: Transform | None = field(default=None, repr=False, compare=False)
+    eval_transform: Transform | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.g.shape[0])
 
-    def inputs(self, idx: Tensor | slice) -> Tensor:
-        """Float inputs at `idx`; uint8 images (stored that way to save memory) are scaled to [0, 1]."""
-        x = self.x[idx]
+    def gather(self, idx: Tensor | slice) -> Tensor:
+        """The stored rows at `idx`, on the split's device, unconverted (no randomness: thread-safe)."""
+        return self.x[idx]
+
+    def raw(self, idx: Tensor | slice, rows: Tensor | None = None) -> Tensor:
+        """Float stored inputs at `idx` (uint8 scaled to [0, 1]), before any transform; auxiliary tasks
+        take their own views of these. `rows` = an earlier `gather(idx)` (a prefetch)."""
+        x = self.gather(idx) if rows is None else rows
         return x.float().div_(255) if x.dtype == torch.uint8 else x
 
-    def batch(self, idx: Tensor) -> Batch:
-        """The examples at `idx` (a LongTensor on the split's device)."""
-        return Batch(self.inputs(idx), {k: v[idx] for k, v in self.y.items()}, self.g[idx], self.e[idx], idx)
+    def inputs(self, idx: Tensor | slice) -> Tensor:
+        """What the model reads for evaluation: `eval_transform` of the float inputs at `idx`."""
+        x = self.raw(idx)
+        return self.eval_transform(x) if self.eval_transform is not None else x
+
+    def batch(self, idx: Tensor, rows: Tensor | None = None) -> Batch:
+        """A training batch of the examples at `idx` (a LongTensor on the split's device), inputs through
+        `train_transform` (else `eval_transform`)."""
+        x = self.raw(idx, rows)
+        transform = self.train_transform or self.eval_transform
+        x = transform(x) if transform is not None else x
+        return Batch(x, {k: v[idx] for k, v in self.y.items()}, self.g[idx], self.e[idx], idx)
 
     def to(self, device: torch.device | str) -> "TensorSplit":
-        return TensorSplit(self.x.to(device), {k: v.to(device) for k, v in self.y.items()},
-                           self.g.to(device), self.e.to(device))
+        return replace(self, x=self.x.to(device), y={k: v.to(device) for k, v in self.y.items()},
+                       g=self.g.to(device), e=self.e.to(device))
+
+    def subset(self, idx: Tensor) -> "TensorSplit":
+        """The examples at `idx` as a split of their own (same transforms)."""
+        idx = idx.to(self.g.device)
+        return replace(self, x=self.gather(idx), y={k: v[idx] for k, v in self.y.items()}, g=self.g[idx],
+                       e=self.e[idx])
 
     def state(self) -> dict[str, Any]:
         return {"x": self.x, "y": self.y, "g": self.g, "e": self.e}
@@ -110,9 +139,14 @@ class Dataset(abc.ABC):
         counts = torch.bincount(train.g[train.g >= 0], minlength=len(self.group_names))
         envs = tuple(self.environment_names)
         env_counts = torch.bincount(train.e[train.e >= 0], minlength=len(envs)) if envs else torch.zeros(0)
-        return DataInfo(self.name, self.modality, tuple(train.x.shape[1:]), dict(self.tasks),
+        return DataInfo(self.name, self.modality, self.input_shape(train), dict(self.tasks),
                         tuple(self.group_names), tuple(int(c) for c in counts), envs,
                         tuple(int(c) for c in env_counts))
+
+    def input_shape(self, train: TensorSplit) -> tuple[int, ...]:
+        """The shape of one input as the model reads it: the stored shape, unless the dataset's
+        `eval_transform` changes it (images stored above the model's side)."""
+        return tuple(train.x.shape[1:])
 
     def fingerprint(self) -> str:
         """A short hash of the split tensors, recorded in every run's provenance."""

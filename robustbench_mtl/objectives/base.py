@@ -51,7 +51,7 @@ class Objective(nn.Module, abc.ABC):
         if cls.needs_masking and not backbone_cls.supports_masking:
             raise ConfigError(
                 f"objective '{name}' needs a backbone with patch masking, and '{backbone_name}' has none; "
-                f"use an image backbone such as --backbone vit_tiny"
+                f"use a ViT backbone such as --backbone vit_tiny or vit_b16"
             )
 
     def post_step(self) -> None:

@@ -51,7 +51,7 @@ class MIM(AuxiliaryTask):
         p, grid, channels = (getattr(backbone, a, None) for a in ("patch_size", "grid", "num_channels"))
         if not (p and grid and channels):
             raise ConfigError("objective 'mim' needs a backbone exposing patch_size, grid and num_channels "
-                              "(e.g. --backbone vit_tiny)")
+                              "(e.g. --backbone vit_tiny or vit_b16)")
         size = p * grid
         # 0: twice the patch (run_mim's 32 for patch 16), unless that leaves fewer than 4 blocks a side.
         block = hparams.mask_patch_size or (2 * p if size // (2 * p) >= 4 else p)

@@ -41,13 +41,17 @@ class Recon(AuxiliaryTask):
 
     def __init__(self, hparams: ReconHParams, backbone: Backbone, info: DataInfo) -> None:
         super().__init__(hparams, backbone, info)
+        self.input_shape = tuple(info.input_shape)
         self.decoder = nn.Linear(backbone.out_dim, math.prod(info.input_shape))
         self.post_step()
 
     def loss(self, model: "Model", batch: Batch, outputs: Outputs) -> tuple[Tensor, list[Outputs]]:
-        rep = model(batch.x, heads=False)
+        x = batch.x
+        if x.dim() == 4 and tuple(x.shape[1:]) != self.input_shape:  # images stored above the model's side
+            x = F.interpolate(x.float(), size=self.input_shape[1:], mode="bilinear", antialias=True)
+        rep = model(x, heads=False)
         recon = self.decoder(rep.pooled)
-        return F.mse_loss(recon.float(), batch.x.flatten(1).float()), [rep]
+        return F.mse_loss(recon.float(), x.flatten(1).float()), [rep]
 
     @torch.no_grad()
     def post_step(self) -> None:
