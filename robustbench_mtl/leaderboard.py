@@ -36,12 +36,20 @@ def _value(entry: dict[str, Any], metric: Any) -> float | None:
     return float(value) if ok else None
 
 
+def _backbone(config: dict[str, Any]) -> str:
+    """The backbone's name, and where its weights started when a run began from `pretrain` (backbone.init):
+    a pretrained and a from-scratch backbone are different rows, never two configurations of one."""
+    hp = config.get("hparams", {}).get("backbone", {})
+    init = hp.get("init") if isinstance(hp, dict) else None
+    return f"{config['backbone']} from {Path(str(init)).name}" if init else config["backbone"]
+
+
 def _run_base(runs_dir: Path, run: RunRecord) -> dict[str, Any]:
     """What one run contributes to every protocol's record (config.json's shape is checked by scan_runs)."""
     cfg = run.config
     key, seed = _config_key(cfg)
     fingerprint = (cfg.get("data") if isinstance(cfg.get("data"), dict) else {}).get("fingerprint")
-    return {"dataset": cfg["spec"]["data"], "method": _method(cfg), "backbone": cfg["backbone"],
+    return {"dataset": cfg["spec"]["data"], "method": _method(cfg), "backbone": _backbone(cfg),
             "config_key": key, "seed": seed, "run": run.path.relative_to(runs_dir).as_posix(),
             "uses_train_groups": cfg["algorithm_flags"]["uses_train_groups"],
             "algorithm_uses_val_groups": cfg["algorithm_flags"]["uses_val_groups"],

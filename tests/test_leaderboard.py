@@ -353,3 +353,15 @@ def test_real_runner_two_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert all(0 <= e < 3 for e in row["epochs"])
     md = leaderboard_markdown(tmp_path)
     assert any(ln.startswith("| erm | mlp | Val-GP |") and ln.split(" | ")[5] == "2" for ln in md.splitlines())
+
+
+def test_a_pretrained_backbone_is_its_own_row(tmp_path: Path) -> None:
+    make_run(tmp_path, "scratch", 0, val_wg=0.9, test_wg=0.5, test_avg=0.9)
+    init = make_run(tmp_path, "pre", 0, val_wg=0.5, test_wg=0.7, test_avg=0.9)
+    config = json.loads((init / "config.json").read_text())
+    for part in (config["identity"]["hparams"], config["hparams"]):
+        part["backbone"]["init"] = "pretrained/toybirds-mim"
+    (init / "config.json").write_text(json.dumps(config))
+    rows = [r for r in collect_rows(tmp_path) if r["protocol"] == "val_worst_group"]
+    assert sorted(r["backbone"] for r in rows) == ["mlp", "mlp from toybirds-mim"]
+    assert {r["backbone"]: r["test_worst_group_acc_mean"] for r in rows} == {"mlp": 0.5, "mlp from toybirds-mim": 0.7}
