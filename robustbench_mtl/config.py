@@ -7,15 +7,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 from .data.base import Dataset, DataInfo
 from .errors import ConfigError
 from .hparams import Choice, LogUniform, build, draw, hp, parse_assignment, to_dict
 from .labels import LabelUse, label_use
+from .presets import Preset, load_preset, method_key
 from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES, Provider
 
 
@@ -122,28 +118,6 @@ def _dotted_layer(source: dict[str, Any], what: str) -> dict[str, dict[str, Any]
     return layer
 
 
-def load_preset(name: str, dataset_cls: type[Dataset], data_name: str) -> dict[str, Any]:
-    """A named preset of the dataset, or a TOML/JSON file of dotted overrides (never executed)."""
-    if name in dataset_cls.presets:
-        return dict(dataset_cls.presets[name])
-    path = Path(name)
-    if path.suffix in (".toml", ".json") and path.is_file():
-        try:
-            data = tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"preset file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
-        flat: dict[str, Any] = {}
-        for k, v in data.items():  # accept both {"train.lr": 1} and [train] lr = 1
-            if isinstance(v, dict):
-                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
-            else:
-                flat[k] = v
-        return flat
-    known = ", ".join(sorted(dataset_cls.presets)) or "none"
-    raise ConfigError(f"unknown preset '{name}' for dataset '{data_name}' (presets: {known}); "
-                      f"or pass a .toml/.json file of scope.field overrides")
-
-
 def _objective_list(spec: RunSpec, algo_cls: type) -> list[str]:
     names: list[str] = []
     for n in (*spec.aux, *getattr(algo_cls, "extra_objectives", ())):
@@ -156,7 +130,9 @@ def resolve(spec: RunSpec) -> Resolved:
     """Look up every component, apply hparam layers, load the data and check that everything fits."""
     data_cls = DATASETS.get(spec.data)
     algo_cls = ALGORITHMS.get(spec.algorithm)
-    backbone = spec.backbone or data_cls.default_backbone
+    chosen = (load_preset(spec.preset, data_cls.presets, spec.data, method_key(spec.algorithm, spec.aux))
+              if spec.preset else Preset())
+    backbone = spec.backbone or chosen.backbone or data_cls.default_backbone
     backbone_cls = BACKBONES.get(backbone)
     objectives = _objective_list(spec, algo_cls)
     obj_classes = {o: OBJECTIVES.get(o) for o in objectives}
@@ -167,7 +143,7 @@ def resolve(spec: RunSpec) -> Resolved:
     defaults = _dotted_layer(dict(data_cls.defaults), f"defaults of dataset '{spec.data}'")
     if backbone != data_cls.default_backbone:  # the dataset's backbone settings are for its own backbone
         defaults.pop("backbone", None)
-    preset = _dotted_layer(load_preset(spec.preset, data_cls, spec.data), "preset") if spec.preset else {}
+    preset = _dotted_layer(chosen.overrides, "preset")
     explicit: dict[str, dict[str, Any]] = {}
     for text in spec.overrides:
         scope, name, value = parse_assignment(text)

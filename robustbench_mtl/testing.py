@@ -19,6 +19,7 @@ from .hparams import build, check_declaration, fields_of
 from .labels import algorithm_info, label_use, train_view
 from .loaders import AuxStream, epoch_batches
 from .objectives.base import AuxiliaryTask, Penalty
+from .presets import layers
 from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES
 from .trainer import assemble
 from .types import Outputs
@@ -263,13 +264,24 @@ def check_dataset(name: str, **hparam_overrides: Any) -> None:
     BACKBONES.get(cls.default_backbone).check(cls.default_backbone, info)
     scopes = {"data": cls.HParams, "train": TrainHParams, "model": ModelHParams,
               "backbone": BACKBONES.get(cls.default_backbone).HParams}
-    for what, layer in [("defaults", cls.defaults), *((f"preset {p}", v) for p, v in cls.presets.items())]:
-        for key, value in layer.items():
-            scope, dot, field = key.partition(".")
-            assert dot and scope and field, f"dataset '{name}' {what}: key {key!r} must look like scope.field"
-            hp_cls = scopes.get(scope) or (OBJECTIVES.get(scope).HParams if scope in OBJECTIVES.names() else None)
-            if hp_cls is not None:  # ConfigError (an AssertionError here) on an unknown field or a wrong type
-                build(hp_cls, scope, [{field: value}])
+    _check_layer(name, "defaults", cls.defaults, scopes)
+    for preset_name, preset in cls.presets.items():
+        backbone = preset.get("backbone", cls.default_backbone) if hasattr(preset, "get") else cls.default_backbone
+        own = {**scopes, "backbone": BACKBONES.get(backbone).HParams}
+        for where, layer in layers(preset):
+            method = where.removeprefix("methods.").split("+")[0] if where.startswith("methods.") else None
+            with_algo = {**own, "algorithm": ALGORITHMS.get(method).HParams} if method else own
+            _check_layer(name, f"preset {preset_name} {where}".strip(), layer, with_algo)
+
+
+def _check_layer(name: str, what: str, layer: Any, scopes: dict[str, Any]) -> None:
+    """Every key of a defaults or preset layer is scope.field of a known scope, with a valid value."""
+    for key, value in layer.items():
+        scope, dot, field = key.partition(".")
+        assert dot and scope and field, f"dataset '{name}' {what}: key {key!r} must look like scope.field"
+        hp_cls = scopes.get(scope) or (OBJECTIVES.get(scope).HParams if scope in OBJECTIVES.names() else None)
+        if hp_cls is not None:  # ConfigError (an AssertionError here) on an unknown field or a wrong type
+            build(hp_cls, scope, [{field: value}])
 
 
 def _check_split(where: str, s: TensorSplit, cls: Any, low: int) -> None:

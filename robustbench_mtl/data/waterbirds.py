@@ -15,8 +15,8 @@ from ..errors import ConfigError, DataNotFoundError
 from ..hparams import hp
 from ..registry import DATASETS
 from ._files import removed_on_failure, safe_extraction
-from ._images import (DEFAULT_ROOT, ROOT_ENV, ImageFiles, Invalid, Rows, Source, StoredImages, checked_paths,
-                      stat_digest)
+from ._images import (DEFAULT_ROOT, E_MINUS_1, E_PLUS_1, PAPER_IMAGE_RECIPE, ROOT_ENV, ImageFiles, Invalid, Rows,
+                      Source, StoredImages, checked_paths, stat_digest)
 from .base import SPLITS, WATERBIRDS_GROUPS
 
 WILDS_VERSION = "1.0"
@@ -37,6 +37,26 @@ class WaterbirdsHParams(StoredImages):
                                       f"${ROOT_ENV}, when set, replaces the default '{DEFAULT_ROOT}'")
     image_size: int = hp(64, ge=8, help="images are resized to this side (eval transform Resize((s, s))); the "
                                   "paper uses 384 for ViT-B/16, 64 keeps CPU runs feasible")
+
+
+# The released code's chosen settings per method (its hparams.yaml; docs/methods.md#waterbirds): batch size,
+# and the weights e^k of the auxiliary task and of the L1 penalty; SimCLR with its released pairing.
+PAPER_METHODS: dict[str, dict[str, Any]] = {
+    "erm": {"train.batch_size": 4},
+    "erm_l1": {"train.batch_size": 4, "l1.weight": E_MINUS_1},
+    "mt+mim": {"train.batch_size": 4, "mim.weight": 1.0},
+    "mt_l1+mim": {"train.batch_size": 16, "mim.weight": E_MINUS_1, "l1.weight": E_MINUS_1},
+    "mt_l1+simclr": {"train.batch_size": 16, "simclr.weight": E_PLUS_1, "l1.weight": E_MINUS_1,
+                     "simclr.pairing": "official"},
+    "group_dro": {"train.batch_size": 16, "algorithm.eta": 0.1, "algorithm.group_balanced": True},
+    "jtt": {"train.batch_size": 8, "algorithm.first_stage_epochs": 10, "algorithm.lambda_up": 20,
+            "algorithm.select_phase2_only": False},
+}
+PRESETS = {
+    "paper": {"backbone": "vit_b16", "common": PAPER_IMAGE_RECIPE, "methods": PAPER_METHODS},
+    "paper_stated_wd": {"backbone": "vit_b16", "common": {**PAPER_IMAGE_RECIPE, "train.weight_decay": 0.01},
+                        "methods": PAPER_METHODS},
+}
 
 
 def fix_hint(root: Path) -> str:
@@ -105,6 +125,7 @@ class Waterbirds(ImageFiles):
     """
 
     HParams = WaterbirdsHParams
+    presets = PRESETS
     key = "waterbirds"
     official_counts = OFFICIAL_COUNTS
     group_names = WATERBIRDS_GROUPS
