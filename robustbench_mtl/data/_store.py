@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -76,16 +75,24 @@ class _tolerant:
         return kind is not None and issubclass(kind, (OSError, ValueError))
 
 
-def release_pages(arr: np.ndarray) -> None:
-    """Drop the pages of `arr` that this process has touched from its resident set. They stay in the
-    OS page cache (the file is unchanged), so the next read is cheap; without this, a pass over the store
-    would count the whole file in the process's RSS."""
-    base = arr
-    while getattr(base, "base", None) is not None and not isinstance(base, mmap.mmap):
-        base = base.base
-    if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
-        with _tolerant():
-            base.madvise(mmap.MADV_DONTNEED)
+def read_rows(arr: np.ndarray, idx: Sequence[int]) -> np.ndarray:
+    """The rows `idx` of the store `arr`, read with one positioned read each (os.preadv straight into the
+    result), not through the memory map: pages read that way stay in the OS page cache but never enter the
+    process's resident set, so host memory stays flat however much of the store an epoch reads. (Through
+    the map, the kernel maps whole page-cache folios around each row: RSS grows towards the file's size.)"""
+    out = np.empty((len(idx), *arr.shape[1:]), dtype=arr.dtype)
+    row = out[0].nbytes if len(idx) else 0
+    if not hasattr(os, "preadv") or not isinstance(arr, np.memmap) or arr.filename is None:
+        return np.asarray(arr[np.asarray(idx)]) if len(idx) else out  # no preadv (Windows): the map
+    view = memoryview(out).cast("B")
+    fd = os.open(arr.filename, os.O_RDONLY)
+    try:
+        for k, i in enumerate(idx):
+            if os.preadv(fd, [view[k * row:(k + 1) * row]], arr.offset + int(i) * row) != row:
+                raise OSError(f"store {arr.filename} is shorter than its header says (row {int(i)})")
+    finally:
+        os.close(fd)
+    return out
 
 
 def as_tensor(arr: np.ndarray) -> torch.Tensor:
@@ -95,27 +102,21 @@ def as_tensor(arr: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class MappedSplit(TensorSplit):
-    """A split whose images stay in the on-disk store: `x` is a CPU tensor over the memory map and only
-    the rows of each batch are read. `to(device)` moves the labels and ids and remembers the device;
-    `gather` copies a batch's rows through pinned memory without blocking (CUDA), and drops touched
-    pages from the process's resident set whenever `release_bytes` have been read since the last time,
-    so host memory stays flat as the dataset grows. Loaders gather the next batches in a background
-    thread (`prefetch`)."""
+    """A split whose images stay in the on-disk store: `x` is a CPU tensor over the memory map (for its
+    shape and dtype), and `gather` reads only the rows of each batch, with positioned reads
+    (`read_rows`), so host memory stays flat as the dataset grows; on CUDA the rows go through pinned
+    memory without blocking. `to(device)` moves the labels and ids and remembers the device. Loaders
+    gather the next batches in a background thread (`prefetch`)."""
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     store: np.ndarray | None = field(default=None, repr=False, compare=False)
-    release_bytes: int = 64 * 2**20
     prefetch: bool = True
 
-    def __post_init__(self) -> None:
-        self._read = 0
-
     def gather(self, idx: Tensor | slice) -> Tensor:
-        rows = self.x[idx.cpu() if isinstance(idx, Tensor) else idx]
-        self._read += rows.numel() * rows.element_size()
-        if self.store is not None and self._read >= self.release_bytes:
-            self._read = 0
-            release_pages(self.store)
+        if isinstance(idx, slice):
+            idx = torch.arange(len(self))[idx]
+        rows = torch.from_numpy(read_rows(self.store, idx.cpu().tolist())) if self.store is not None else \
+            self.x[idx.cpu()]
         if self.device.type == "cuda":
             return rows.pin_memory().to(self.device, non_blocking=True)
         return rows.to(self.device)
