@@ -364,6 +364,12 @@ def test_prepare_verifies_the_download(tmp_path: Path, monkeypatch: pytest.Monke
         write_fixture(d, per_group=1)
 
     fake_wilds(monkeypatch, complete)
+    # A download whose counts per split and group are not the official release's is refused and removed.
+    with pytest.raises(DataNotFoundError, match=r"has 1 train images in group landbird_land, the official release "
+                                                r"has 3498; rerun: " + FIX):
+        wb.Waterbirds.prepare(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    monkeypatch.setattr(wb, "OFFICIAL_COUNTS", {s: (1, 1, 1, 1) for s in ("train", "val", "test")})
     res = invoke("prepare", "waterbirds", "--root", str(tmp_path / "b"))
     assert res.exit_code == 0 and res.stdout.strip() == str(tmp_path / "b" / wb.WILDS_DIR), res.output
     assert "Downloading" in res.stderr  # WILDS' progress goes to stderr, stdout holds only the directory

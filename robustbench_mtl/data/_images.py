@@ -87,6 +87,16 @@ class Source:
         return {name: tuple(np.bincount(g[self.split == i], minlength=4).tolist()) for i, name in enumerate(SPLITS)}
 
 
+def count_mismatch(counts: dict[str, tuple[int, ...]], official: dict[str, tuple[int, ...]],
+                   group_names: Sequence[str]) -> str | None:
+    """The first split and group whose count differs from the official release's, in words; None if all agree."""
+    for split in SPLITS:
+        for g, (got, want) in enumerate(zip(counts[split], official[split])):
+            if got != want:
+                return f"{got} {split} images in group {group_names[g]}, the official release has {want}"
+    return None
+
+
 def resolve_root(root: str) -> Path:
     """The data root: $ROBUSTBENCH_MTL_DATA replaces the default, an explicit root wins."""
     env = os.environ.get(ROOT_ENV)

@@ -16,7 +16,7 @@ from ..hparams import hp
 from ..registry import DATASETS
 from ._files import removed_on_failure, safe_extraction
 from ._images import (DEFAULT_ROOT, PAPER_IMAGE_RECIPE, ROOT_ENV, ImageFiles, Invalid, Rows, Source, StoredImages,
-                      checked_paths, stat_digest)
+                      checked_paths, count_mismatch, stat_digest)
 from .base import SPLITS
 
 TARGET, SPURIOUS = "Blond_Hair", "Male"
@@ -291,8 +291,6 @@ def verified(data_dir: Path, rerun: str, official: dict[str, tuple[int, ...]]) -
         counts = inspect_files(data_dir, "txt").group_counts()
     except Invalid as exc:
         raise DataNotFoundError(f"celeba: download into {data_dir} is incomplete ({exc}); {rerun}") from None
-    for split in SPLITS:
-        for g, (got, want) in enumerate(zip(counts[split], official[split])):
-            if got != want:
-                raise DataNotFoundError(f"celeba: download into {data_dir} has {got} {split} images in group "
-                                        f"{GROUPS[g]}, the official release has {want}; {rerun}")
+    wrong = count_mismatch(counts, official, GROUPS)
+    if wrong:
+        raise DataNotFoundError(f"celeba: download into {data_dir} has {wrong}; {rerun}")

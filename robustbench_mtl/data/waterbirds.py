@@ -16,7 +16,7 @@ from ..hparams import hp
 from ..registry import DATASETS
 from ._files import removed_on_failure, safe_extraction
 from ._images import (DEFAULT_ROOT, E_MINUS_1, E_PLUS_1, PAPER_IMAGE_RECIPE, ROOT_ENV, ImageFiles, Invalid, Rows,
-                      Source, StoredImages, checked_paths, stat_digest)
+                      Source, StoredImages, checked_paths, count_mismatch, stat_digest)
 from .base import SPLITS, WATERBIRDS_GROUPS
 
 WILDS_VERSION = "1.0"
@@ -183,11 +183,16 @@ def fetch(url: str, size: int | None, download: Callable[..., Any], data_dir: Pa
 
 
 def verified(data_dir: Path, rerun: str) -> Path:
-    """The downloaded WILDS bundle checked file by file, as the reader will check it."""
+    """The downloaded WILDS bundle checked file by file, as the reader will check it, and its group counts
+    per split against the official release's (DATASETS.md §1)."""
     try:
         for name in (f"RELEASE_v{WILDS_VERSION}.txt", "metadata.csv"):  # the WILDS bundle, whatever else is there
             if not (data_dir / name).is_file():
                 raise Invalid(f"{data_dir / name} is missing")
-        return inspect_files(data_dir / "metadata.csv").data_dir
+        src = inspect_files(data_dir / "metadata.csv")
     except Invalid as exc:
         raise DataNotFoundError(f"waterbirds: download into {data_dir} is incomplete ({exc}); {rerun}") from None
+    wrong = count_mismatch(src.group_counts(), OFFICIAL_COUNTS, WATERBIRDS_GROUPS)
+    if wrong:
+        raise DataNotFoundError(f"waterbirds: download into {data_dir} has {wrong}; {rerun}")
+    return src.data_dir
