@@ -160,6 +160,9 @@ def resolve(spec: RunSpec) -> Resolved:
         for scope, cls in scopes.items()
     }
     dataset = data_cls(hparams["data"], spec.data)
+    if data_cls.modality == "text":  # token ids depend on the backbone's tokenizer: it is chosen first
+        backbone_cls.check_modality(backbone, data_cls.modality, spec.data)
+        dataset.use_tokenizer(backbone_cls.tokenizer_dir(hparams["backbone"], dataset))
     info = dataset.info()
     backbone_cls.check(backbone, info)
     for name, cls in obj_classes.items():

@@ -62,15 +62,16 @@ def train_view(split: TensorSplit, use: LabelUse) -> TensorSplit:
     """The training split as the algorithm sees it: unused group and environment ids are -1."""
     g = split.g if use.direct_train_groups else _hidden(split.g)
     e = {"dataset": split.e, "train_groups": split.g, None: _hidden(split.e)}[use.environments]
-    return replace(split, g=g, e=e)
+    return replace(split, g=g, e=e, groups=split.groups if use.direct_train_groups else None)
 
 
 def val_view(split: TensorSplit, use: LabelUse) -> TensorSplit:
     """Validation data for `after_training`: group ids only for algorithms that declare `uses_val_groups`."""
     e = split.e if use.environments == "dataset" else _hidden(split.e)
-    return replace(split, g=split.g if use.val_groups else _hidden(split.g), e=e)
+    return replace(split, g=split.g if use.val_groups else _hidden(split.g), e=e,
+                   groups=split.groups if use.val_groups else None)
 
 
 def algorithm_info(info: DataInfo, use: LabelUse) -> DataInfo:
     """`info` without the training group counts unless the algorithm reads training groups directly."""
-    return info if use.direct_train_groups else replace(info, train_group_counts=())
+    return info if use.direct_train_groups else replace(info, train_group_counts=(), train_eval_group_counts=())

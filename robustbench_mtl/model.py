@@ -26,8 +26,9 @@ class Model(nn.Module):
         if head_norm > 0:
             self._project_heads()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, heads: bool = True) -> Outputs:
-        out = self.backbone(x, mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, heads: bool = True, causal: bool = False) -> Outputs:
+        # `causal` only for backbones that declare supports_causal (CLM's auxiliary pass)
+        out = self.backbone(x, mask, causal=True) if causal else self.backbone(x, mask)
         if heads:
             out.logits = {t: h(out.pooled) for t, h in self.heads.items()}
         return out

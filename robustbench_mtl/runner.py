@@ -99,12 +99,12 @@ def _check_out_dir(out: Path, r: Resolved) -> str:
     return "fresh"
 
 
-def _make_out_dir(out: Path, r: Resolved, device: torch.device) -> None:
+def _make_out_dir(out: Path, r: Resolved, device: torch.device, notes: dict[str, Any]) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {out} ({exc.strerror}); choose another --out") from None
-    atomic_write_json(out / CONFIG, _config_json(r, device))
+    atomic_write_json(out / CONFIG, {**_config_json(r, device), "notes": notes})
     rewrite_jsonl(out / METRICS, [])
 
 
@@ -125,6 +125,12 @@ def _config_json(r: Resolved, device: torch.device) -> dict[str, Any]:
                  "train_env_counts": list(r.info.train_env_counts)},
         "provenance": provenance(device),
     }
+
+
+def _notes(trainer: Trainer) -> dict[str, Any]:
+    """What the built model says about itself that its hparams do not (e.g. where an MLM head came from)."""
+    return {f"objective:{name}": obj.notes() for name, obj in trainer.algo.model.objectives.items()
+            if hasattr(obj, "notes")}
 
 
 def _interrupted(trainer: Trainer, out: Path) -> Interrupted:
@@ -177,7 +183,7 @@ def _train(r: Resolved, out: Path, device: torch.device, reporter: Reporter, sta
             resumed = trainer.restore()
             reporter.resumed(resumed, out)
         else:
-            _make_out_dir(out, r, device)
+            _make_out_dir(out, r, device, _notes(trainer))
             trainer.setup()
         trainer.loop()
         trainer.after_training()

@@ -14,6 +14,7 @@ from torch import Tensor
 from .checkpoint import seed_everything
 from .config import ModelHParams, TrainHParams
 from .data.base import SPLITS, DataInfo, TensorSplit
+from .testdata import BATCH, CLASSES, GROUPS, N, STEPS, tiny_data
 from .errors import RobustbenchError
 from .hparams import build, check_declaration, fields_of
 from .labels import algorithm_info, label_use, train_view
@@ -24,27 +25,10 @@ from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES
 from .trainer import assemble
 from .types import Outputs
 
-N, GROUPS, CLASSES, STEPS, BATCH = 64, 4, 2, 3, 16
-# The default image backbone, shrunk so a check costs well under a second on one CPU thread.
+# The default image and text backbones, shrunk so a check costs well under a second on one CPU thread.
 TINY_VIT = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "patch_size": 4}
-
-
-def tiny_data(modality: str, seed: int = 0) -> tuple[DataInfo, dict[str, TensorSplit]]:
-    """64 examples per split, 4 groups (label x attribute), 2 classes: 2 features, or 3x16x16 uint8 images."""
-    gen = torch.Generator().manual_seed(seed)
-    splits = {}
-    for split in SPLITS:
-        g = torch.arange(N) % GROUPS
-        y, a = g // 2, g % 2  # group = 2 * label + attribute, every group 16 times
-        if modality == "tabular":
-            x = torch.stack([2.0 * y - 1, 2.0 * a - 1], 1) + torch.randn(N, 2, generator=gen) * torch.tensor([1, 0.1])
-        else:  # label: a bright square in the centre; attribute: the background's green level
-            x = torch.randint(0, 60, (N, 3, 16, 16), generator=gen, dtype=torch.uint8)
-            x[:, 1] += (150 * a).to(torch.uint8).view(N, 1, 1)
-            x[y == 1, :, 5:11, 5:11] = 250
-        splits[split] = TensorSplit(x, {"y": y}, g, torch.zeros(N, dtype=torch.long))
-    return DataInfo(f"tiny_{modality}", modality, tuple(splits["train"].x.shape[1:]), {"y": CLASSES},  # type: ignore
-                    tuple(f"g{i}" for i in range(GROUPS)), (N // GROUPS,) * GROUPS), splits
+TINY_BERT = {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32, "vocab_size": 60}
+TINY = {"vit_tiny": TINY_VIT, "bert_tiny": TINY_BERT}
 
 
 def _contract(fn: Callable[..., None]) -> Callable[..., None]:
@@ -96,11 +80,11 @@ class _Setup:
         names = list(dict.fromkeys((*aux, *getattr(self.algo_cls, "extra_objectives", ()))))
         self.obj_classes = {o: OBJECTIVES.get(o) for o in names}
         self.backbone_cls = BACKBONES.get(backbone)
-        self.info, self.splits = tiny_data(modality)
+        self.backbone_hp = build(self.backbone_cls.HParams, "backbone", [backbone_hp or {}])
+        self.info, self.splits = tiny_data(modality, 0, self.backbone_cls, self.backbone_hp)
         self.backbone_cls.check(backbone, self.info)
         for o, c in self.obj_classes.items():
             c.check(o, backbone, self.backbone_cls, self.info)
-        self.backbone_hp = build(self.backbone_cls.HParams, "backbone", [backbone_hp or {}])
         self.train_hp = TrainHParams(epochs=1, batch_size=BATCH, lr=1e-3, patience=0)
         # As the runner: the algorithm sees only the group and environment ids it declares a use of.
         self.use = label_use(self.algo_cls, algorithm, self.info)
@@ -178,7 +162,8 @@ def _same(x: Any, y: Any, tol: float = 0.0) -> bool:
 
 @_contract
 def check_algorithm(name: str, aux: tuple[str, ...] = ()) -> None:
-    """Exercise algorithm `name` with `aux` (`recon` if it needs one and none is given), on `mlp` or a tiny ViT."""
+    """Exercise algorithm `name` with `aux` (`recon` if it needs one and none is given), on `mlp`, a tiny ViT or
+    a tiny BERT, whichever reads what the objectives need."""
     cls = ALGORITHMS.get(name)
     _check_component("algorithm", name, cls)
     for flag in ("uses_train_groups", "uses_val_groups", "requires_auxiliary"):
@@ -186,8 +171,10 @@ def check_algorithm(name: str, aux: tuple[str, ...] = ()) -> None:
     aux = tuple(aux) or (("recon",) if cls.requires_auxiliary else ())
     if all("tabular" in OBJECTIVES.get(o).modalities for o in aux):
         _Setup(name, aux, "mlp", "tabular").run()
-    else:
+    elif all("image" in OBJECTIVES.get(o).modalities for o in aux):
         _Setup(name, aux, "vit_tiny", "image", TINY_VIT).run()
+    else:
+        _Setup(name, aux, "bert_tiny", "text", TINY_BERT).run()
 
 
 @_contract
@@ -200,9 +187,11 @@ def check_objective(name: str) -> None:
     assert base is not None and issubclass(cls, base), f"objective '{name}': subclass AuxiliaryTask or Penalty"
     if "tabular" in cls.modalities and not cls.needs_masking:
         setup = _Setup("erm", (name,), "mlp", "tabular")
-    else:
-        assert "image" in cls.modalities, f"objective '{name}': only tabular and image objectives can be checked"
+    elif "image" in cls.modalities:
         setup = _Setup("erm", (name,), "vit_tiny", "image", TINY_VIT)
+    else:
+        assert "text" in cls.modalities, f"objective '{name}': only tabular, image and text objectives can be checked"
+        setup = _Setup("erm", (name,), "bert_tiny", "text", TINY_BERT)
     algo = setup.build(seed=0)
     out = algo.model(setup.train.inputs(slice(0, BATCH)))
     if base is AuxiliaryTask:
@@ -222,12 +211,13 @@ def check_backbone(name: str, **hparam_overrides: Any) -> None:
     """Shapes, masking and backward on 8 inputs, then the whole ERM cycle on tiny data of its first modality."""
     cls = BACKBONES.get(name)
     _check_component("backbone", name, cls)
-    modality = "tabular" if "tabular" in cls.modalities else "image"
-    assert modality in cls.modalities, f"backbone '{name}': only tabular and image backbones can be checked"
-    overrides = {**(TINY_VIT if name == "vit_tiny" else {}), **hparam_overrides}
-    info, splits = tiny_data(modality)
+    modality = next((m for m in ("tabular", "image", "text") if m in cls.modalities), "?")
+    assert modality != "?", f"backbone '{name}': only tabular, image and text backbones can be checked"
+    overrides = {**TINY.get(name, {}), **hparam_overrides}
+    hparams = build(cls.HParams, "backbone", [overrides])
+    info, splits = tiny_data(modality, 0, cls, hparams)
     torch.manual_seed(0)
-    net = cls(build(cls.HParams, "backbone", [overrides]), info)
+    net = cls(hparams, info)
     x = splits["train"].inputs(slice(0, 8))
     out = net(x)
     assert isinstance(out, Outputs) and isinstance(getattr(net, "out_dim", None), int) \
@@ -254,12 +244,18 @@ def check_dataset(name: str, **hparam_overrides: Any) -> None:
     assert cls.modality in ("tabular", "image", "text") and cls.group_names and cls.tasks, \
         f"dataset '{name}': declare tasks, group_names and a modality (tabular, image or text)"
     ds = cls(build(cls.HParams, "data", [hparam_overrides]), name)
+    if cls.modality == "text":  # token ids come from the default backbone's tokenizer, as in a run
+        backbone_cls = BACKBONES.get(cls.default_backbone)
+        ds.use_tokenizer(backbone_cls.tokenizer_dir(build(backbone_cls.HParams, "backbone", [
+            TINY.get(cls.default_backbone, {})]), ds))
     splits = ds.load()
     assert set(SPLITS) <= set(splits), f"dataset '{name}': load() must return {SPLITS}, got {sorted(splits)}"
     for split in SPLITS:
         _check_split(f"dataset '{name}' split '{split}'", splits[split], cls, -1 if split == "train" else 0)
     info = ds.info()
-    assert info.input_shape == tuple(splits["train"].inputs(slice(0, 1)).shape[1:]) and info.tasks == dict(cls.tasks), \
+    train = splits["train"]  # what the model reads: images after the eval transform, token ids before trimming
+    shape = tuple(train.x.shape[1:] if cls.modality == "text" else train.inputs(slice(0, 1)).shape[1:])
+    assert info.input_shape == shape and info.tasks == dict(cls.tasks), \
         f"dataset '{name}': info() disagrees with the data"
     BACKBONES.get(cls.default_backbone).check(cls.default_backbone, info)
     scopes = {"data": cls.HParams, "train": TrainHParams, "model": ModelHParams,
@@ -288,7 +284,8 @@ def _check_split(where: str, s: TensorSplit, cls: Any, low: int) -> None:
     """Lengths agree, labels in [-1, C) per task, group ids in [low, groups) (val/test: every group known)."""
     n = len(s)
     assert n > 0 and s.x.shape[0] == n and s.e.shape == (n,), f"{where}: x, g and e lengths differ"
-    assert s.x.dtype in (torch.float32, torch.uint8), f"{where}: x must be float32 or uint8, got {s.x.dtype}"
+    assert s.x.dtype in (torch.float32, torch.uint8, torch.int32, torch.int64), \
+        f"{where}: x must be float32 or uint8 (images, tables), or int32/int64 token ids, got {s.x.dtype}"
     assert set(s.y) == set(cls.tasks), f"{where}: labels for {sorted(s.y)} but tasks are {sorted(cls.tasks)}"
     for t, c in cls.tasks.items():
         y = s.y[t]

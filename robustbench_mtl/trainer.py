@@ -69,7 +69,7 @@ def evaluate(algo: Algorithm, split: TensorSplit, name: str, r: Resolved) -> dic
     loss = sum(torch.nn.functional.cross_entropy(full[t], split.y[t].clamp_min(0), reduction="none")
                .mul(split.y[t] >= 0).mean() for t in full)
     preds = {t: v.argmax(1) for t, v in full.items()}
-    return split_metrics(name, preds, split.y, split.g, r.info, float(loss))
+    return split_metrics(name, preds, split.y, split.g, r.info, float(loss), split.groups)
 
 
 class Trainer:

@@ -20,11 +20,15 @@ class Backbone(nn.Module, abc.ABC):
 
     `out_dim` is D. Backbones that accept a patch/token mask (`supports_masking`) replace masked
     positions by a learnable mask token and expose `patch_size` and `grid` for masked modelling.
+    Text backbones read token ids [B, L] (padding = the tokenizer's pad id), give `tokenizer_dir`, expose
+    `tokenizer`, and, for the language-modelling objectives, `mlm_head()` and `forward(x, causal=True)`
+    (`supports_causal`).
     """
 
     HParams: ClassVar[type] = NoHParams
     modalities: ClassVar[tuple[str, ...]] = ("tabular",)
     supports_masking: ClassVar[bool] = False
+    supports_causal: ClassVar[bool] = False
     has_tokens: ClassVar[bool] = False
     out_dim: int
     # Declared by backbones with `supports_masking`: patch side, patches per side, input channels.
@@ -40,11 +44,21 @@ class Backbone(nn.Module, abc.ABC):
     @classmethod
     def check(cls, name: str, info: DataInfo) -> None:
         """Raise ConfigError if this backbone cannot read the dataset's inputs."""
-        if info.modality not in cls.modalities:
+        cls.check_modality(name, info.modality, info.name)
+
+    @classmethod
+    def check_modality(cls, name: str, modality: str, data_name: str) -> None:
+        if modality not in cls.modalities:
             raise ConfigError(
-                f"backbone '{name}' reads {'/'.join(cls.modalities)} inputs but dataset '{info.name}' is "
-                f"{info.modality}; pick another with --backbone (see `robustbench-mtl list backbones`)"
+                f"backbone '{name}' reads {'/'.join(cls.modalities)} inputs but dataset '{data_name}' is "
+                f"{modality}; pick another with --backbone (see `robustbench-mtl list backbones`)"
             )
+
+    @classmethod
+    def tokenizer_dir(cls, hparams: Any, dataset: Any) -> str:
+        """Text backbones: a local directory holding the tokenizer the dataset is tokenised with (trained on
+        the dataset's training text, or the checkpoint's); the dataset's token store is keyed by it."""
+        raise ConfigError(f"backbone {cls.__name__} does not read text")
 
     def load_init(self, directory: str) -> None:
         """Start from the weights `robustbench-mtl pretrain` saved in `directory` (backbone.pt, read with

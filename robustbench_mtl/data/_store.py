@@ -28,42 +28,49 @@ def open_store(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="c")
 
 
-def build_store(key: str, paths: Sequence[Any], side: int, decode: Decode, channels: int = 3,
-                workers: int | None = None) -> np.ndarray:
-    """Decode every image once into a new store (atomically: a crash leaves no half-written store).
-
-    Rows follow `paths` (whatever `decode` takes: file names, row indices). Decoding runs in threads (PIL releases the GIL) and writes straight into the
-    memory map, so host memory holds a few images at a time whatever the dataset size.
-    """
+def build_array(key: str, shape: tuple[int, ...], dtype: Any, fill: Callable[[np.ndarray], None]) -> np.ndarray:
+    """The store `key`: opened if one of this shape and dtype exists, else written by `fill(out)` into a new
+    memory-mapped .npy, atomically (a crash or an error leaves no half-written store), and opened."""
     path = store_path(key)
     if path.exists():
         with _tolerant():
             arr = open_store(path)
-            if arr.shape == (len(paths), channels, side, side) and arr.dtype == np.uint8:
+            if arr.shape == shape and arr.dtype == np.dtype(dtype):
                 return arr
         path.unlink(missing_ok=True)  # a store of another shape under this key is stale: rebuild
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), channels, side, side))
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            for i, arr in enumerate(pool.map(lambda p: decode(p, side), paths)):
-                out[i] = arr
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        fill(out)
         out.flush()
         del out
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _write_sidecar(path, key, len(paths), side)
+    _write_sidecar(path, key, shape)
     return open_store(path)
 
 
-def _write_sidecar(path: Path, key: str, n: int, side: int) -> None:
+def build_store(key: str, paths: Sequence[Any], side: int, decode: Decode, channels: int = 3,
+                workers: int | None = None) -> np.ndarray:
+    """Decode every image once into the image store `key` (uint8 [N, C, side, side], rows follow `paths`,
+    whatever `decode` takes: file names, row indices). Decoding runs in threads (PIL releases the GIL) and
+    writes straight into the memory map, so host memory holds a few images at a time."""
+    def fill(out: np.ndarray) -> None:
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            for i, arr in enumerate(pool.map(lambda p: decode(p, side), paths)):
+                out[i] = arr
+
+    return build_array(key, (len(paths), channels, side, side), np.uint8, fill)
+
+
+def _write_sidecar(path: Path, key: str, shape: tuple[int, ...]) -> None:
     """A human-readable note beside the store (what it is; the .npy header is authoritative)."""
     with _tolerant():
-        path.with_suffix(".json").write_text(json.dumps({"key": key, "rows": n, "side": side}) + "\n")
+        path.with_suffix(".json").write_text(json.dumps({"key": key, "shape": list(shape)}) + "\n")
 
 
 class _tolerant:
@@ -123,10 +130,12 @@ class MappedSplit(TensorSplit):
 
     def to(self, device: torch.device | str) -> "MappedSplit":
         return replace(self, y={k: v.to(device) for k, v in self.y.items()}, g=self.g.to(device),
-                       e=self.e.to(device), device=torch.device(device))
+                       e=self.e.to(device), device=torch.device(device),
+                       groups=None if self.groups is None else self.groups.to(device))
 
     def subset(self, idx: Tensor) -> "TensorSplit":
         """A subset is small (a half of val, say): it is read into memory on the split's device."""
         idx = idx.to(self.g.device)
         return TensorSplit(self.gather(idx), {k: v[idx] for k, v in self.y.items()}, self.g[idx], self.e[idx],
-                           self.train_transform, self.eval_transform)
+                           self.train_transform, self.eval_transform,
+                           None if self.groups is None else self.groups[idx])

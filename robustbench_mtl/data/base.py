@@ -43,6 +43,9 @@ class TensorSplit:
     e: Tensor
     train_transform: Transform | None = field(default=None, repr=False, compare=False)
     eval_transform: Transform | None = field(default=None, repr=False, compare=False)
+    # Overlapping evaluation groups [N, G] bool (CivilComments: label x each identity), for datasets that
+    # declare `eval_group_names`; None elsewhere. Metrics then use them instead of `g`.
+    groups: Tensor | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.g.shape[0])
@@ -72,13 +75,14 @@ class TensorSplit:
 
     def to(self, device: torch.device | str) -> "TensorSplit":
         return replace(self, x=self.x.to(device), y={k: v.to(device) for k, v in self.y.items()},
-                       g=self.g.to(device), e=self.e.to(device))
+                       g=self.g.to(device), e=self.e.to(device),
+                       groups=None if self.groups is None else self.groups.to(device))
 
     def subset(self, idx: Tensor) -> "TensorSplit":
         """The examples at `idx` as a split of their own (same transforms)."""
         idx = idx.to(self.g.device)
         return replace(self, x=self.gather(idx), y={k: v[idx] for k, v in self.y.items()}, g=self.g[idx],
-                       e=self.e[idx])
+                       e=self.e[idx], groups=None if self.groups is None else self.groups[idx])
 
     def state(self) -> dict[str, Any]:
         return {"x": self.x, "y": self.y, "g": self.g, "e": self.e}
@@ -96,6 +100,9 @@ class DataInfo:
     train_group_counts: tuple[int, ...]
     environment_names: tuple[str, ...] = ()
     train_env_counts: tuple[int, ...] = ()
+    eval_group_names: tuple[str, ...] = ()  # overlapping evaluation groups, where they differ from groups
+    train_eval_group_counts: tuple[int, ...] = ()
+    tokenizer: str = ""  # text datasets: the directory of the tokenizer their token ids come from
 
 
 class Dataset(abc.ABC):
@@ -112,6 +119,7 @@ class Dataset(abc.ABC):
     tasks: ClassVar[dict[str, int]] = {"y": 2}
     group_names: ClassVar[tuple[str, ...]] = ()
     environment_names: ClassVar[tuple[str, ...]] = ()
+    eval_group_names: ClassVar[tuple[str, ...]] = ()
     modality: ClassVar[Modality] = "tabular"
     default_backbone: ClassVar[str] = "mlp"
     defaults: ClassVar[dict[str, Any]] = {}
@@ -139,9 +147,15 @@ class Dataset(abc.ABC):
         counts = torch.bincount(train.g[train.g >= 0], minlength=len(self.group_names))
         envs = tuple(self.environment_names)
         env_counts = torch.bincount(train.e[train.e >= 0], minlength=len(envs)) if envs else torch.zeros(0)
+        eval_counts = () if train.groups is None else tuple(int(c) for c in train.groups.sum(0))
         return DataInfo(self.name, self.modality, self.input_shape(train), dict(self.tasks),
                         tuple(self.group_names), tuple(int(c) for c in counts), envs,
-                        tuple(int(c) for c in env_counts))
+                        tuple(int(c) for c in env_counts), tuple(self.eval_group_names), eval_counts,
+                        self.tokenizer_dir())
+
+    def tokenizer_dir(self) -> str:
+        """Text datasets: the tokenizer their token ids come from ('' for other modalities)."""
+        return ""
 
     def input_shape(self, train: TensorSplit) -> tuple[int, ...]:
         """The shape of one input as the model reads it: the stored shape, unless the dataset's
