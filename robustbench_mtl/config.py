@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from .data.base import Dataset, DataInfo
@@ -24,10 +23,17 @@ class TrainHParams:
     aux_batch_size: int = hp(0, ge=0, help="auxiliary batch size; 0 = same as batch_size (the paper)")
     lr: float = hp(1e-3, LogUniform(1e-4, 1e-2), gt=0, help="learning rate")
     weight_decay: float = hp(0.0, ge=0, help="weight decay")
+    no_decay: Literal["none", "bias_norm", "inverted"] = hp(
+        "none", help="parameters exempt from weight decay: none; bias_norm = biases and LayerNorm weights (the usual "
+                     "BERT recipe, the paper's stated one); inverted = the released text code's bug, where only "
+                     "biases and LayerNorm weights decay")
+    adam_eps: float = hp(1e-8, gt=0, help="Adam/AdamW epsilon (the paper: 1e-8)")
     optimizer: Literal["adam", "adamw", "sgd"] = hp("adam", help="optimizer")
     momentum: float = hp(0.9, ge=0, lt=1, help="SGD momentum")
     scheduler: Literal["constant", "cosine", "linear"] = hp("constant", help="learning-rate schedule")
     warmup_steps: int = hp(0, ge=0, help="linear warmup steps")
+    warmup_ratio: float = hp(0.0, ge=0, le=1, help="warmup as a fraction of the schedule's total steps, when "
+                                                   "warmup_steps is 0 (the paper's multitask text runs: 0.06)")
     grad_clip: float = hp(0.0, ge=0, help="clip the gradient norm to this value; 0 = off")
     patience: int = hp(10, ge=0, help="stop when both val worst-group and val average accuracy stalled this "
                                 "many epochs; 0 = never stop early")

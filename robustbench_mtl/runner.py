@@ -120,6 +120,8 @@ def _config_json(r: Resolved, device: torch.device) -> dict[str, Any]:
         "algorithm_flags": r.use.flags(),
         "data": {"name": r.info.name, "fingerprint": r.dataset.fingerprint(), "tasks": r.info.tasks,
                  "group_names": list(r.info.group_names), "sizes": {k: len(v) for k, v in splits.items()},
+                 "eval_group_names": list(r.info.eval_group_names),
+                 "train_eval_group_counts": list(r.info.train_eval_group_counts),
                  "train_group_counts": list(r.info.train_group_counts),
                  "environment_names": list(r.info.environment_names),
                  "train_env_counts": list(r.info.train_env_counts)},
@@ -129,8 +131,11 @@ def _config_json(r: Resolved, device: torch.device) -> dict[str, Any]:
 
 def _notes(trainer: Trainer) -> dict[str, Any]:
     """What the built model says about itself that its hparams do not (e.g. where an MLM head came from)."""
-    return {f"objective:{name}": obj.notes() for name, obj in trainer.algo.model.objectives.items()
-            if hasattr(obj, "notes")}
+    notes = {f"objective:{name}": obj.notes() for name, obj in trainer.algo.model.objectives.items()
+             if hasattr(obj, "notes")}
+    if hasattr(trainer.r.dataset, "notes"):
+        notes["dataset"] = trainer.r.dataset.notes()
+    return notes
 
 
 def _interrupted(trainer: Trainer, out: Path) -> Interrupted:

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from .checkpoint import seed_everything
 from .config import ModelHParams, TrainHParams
-from .data.base import SPLITS, DataInfo, TensorSplit
-from .testdata import BATCH, CLASSES, GROUPS, N, STEPS, tiny_data
+from .data.base import SPLITS, TensorSplit
+from .testdata import BATCH, STEPS, tiny_data
 from .errors import RobustbenchError
 from .hparams import build, check_declaration, fields_of
 from .labels import algorithm_info, label_use, train_view

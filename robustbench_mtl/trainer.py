@@ -86,7 +86,10 @@ class Trainer:
         self.algo.train_split = self.train
         has_aux = any(isinstance(o, AuxiliaryTask) for o in self.algo.model.objectives.values())
         bs_aux = self.t.aux_batch_size or self.t.batch_size
-        self.aux = AuxStream(self.train, bs_aux, r.spec.seed) if has_aux else None
+        # A dataset may offer its own auxiliary inputs (split "aux": e.g. unlabeled text of the same domain,
+        # the paper's Table 12 ablation); else the auxiliary stream reads the training inputs.
+        aux_split = splits.get("aux", self.train)
+        self.aux = AuxStream(aux_split, bs_aux, r.spec.seed) if has_aux else None
         self.epoch, self.global_step, self.stopped = 0, 0, False
         self.records: list[dict[str, Any]] = []
         self.stopper = {"best_wg": float("-inf"), "best_avg": float("-inf"), "stale_wg": 0, "stale_avg": 0}

@@ -40,6 +40,10 @@ def _offline_backbone_overrides(name: str, tmp_path: Path) -> dict:
                            patch_size=4, image_size=16)
         ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path / "vit")
         return {"model": str(tmp_path / "vit")}
+    if name == "bert":
+        from test_bert import save_bert
+
+        return {"model": str(save_bert(tmp_path / "bert"))}
     return {"timm": {"model": "resnet10t", "pretrained": False}, "resnet50": {"pretrained": False}}.get(name, {})
 
 
@@ -78,6 +82,16 @@ def test_dataset(name: str, tmp_path: Path) -> None:
     elif name == "celeba":
         write_celeba(tmp_path / "celeba")
         testing.check_dataset(name, root=str(tmp_path), image_size=16)
+    elif name in ("civilcomments", "civilcomments_small"):
+        from test_civilcomments import spec, write_csv
+
+        write_csv(tmp_path / "civilcomments_v1.0" / "all_data_with_identities.csv", spec())
+        testing.check_dataset(name, root=str(tmp_path), max_length=32)
+    elif name == "multinli":
+        from test_multinli import write_fixture
+
+        write_fixture(tmp_path / "multinli")
+        testing.check_dataset(name, root=str(tmp_path))
     else:
         testing.check_dataset(name)
 

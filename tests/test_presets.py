@@ -64,3 +64,28 @@ def test_waterbirds_paper_preset_is_the_released_settings(tmp_path: Path, algo: 
 def test_presets_of_every_dataset_check_out(tmp_path: Path) -> None:
     _waterbirds_fixture(tmp_path)
     check_dataset("waterbirds", root=str(tmp_path), image_size=16)  # goes over every preset section
+
+
+@pytest.mark.parametrize("algo, aux", [("mt_l1", ("mlm",)), ("mt_l1", ("clm",)), ("erm", ())])
+def test_civilcomments_small_paper_preset_is_the_released_text_settings(tmp_path: Path, algo: str,
+                                                                        aux: tuple[str, ...]) -> None:
+    from test_bert import save_bert
+    from test_civilcomments import spec, write_csv
+
+    from robustbench_mtl.data.civilcomments_small import PAPER_TEXT_METHODS
+
+    write_csv(tmp_path / "civilcomments_v1.0" / "all_data_with_identities.csv", spec())
+    bert = save_bert(tmp_path / "bert")  # the preset's bert-base-uncased, replaced offline by a tiny local one
+    r = resolve(RunSpec("civilcomments_small", algo, aux=aux, preset="paper",
+                        overrides=(f"data.root={tmp_path}", f"backbone.model={bert}")))
+    t = vars(r.hparams["train"])
+    assert r.backbone == "bert" and r.hparams["data"].max_length == 220
+    assert (t["optimizer"], t["lr"], t["weight_decay"], t["no_decay"], t["adam_eps"], t["grad_clip"],
+            t["scheduler"], t["epochs"]) == ("adamw", 1e-5, 0.01, "bias_norm", 1e-8, 1.0, "linear", 50)
+    for key, value in PAPER_TEXT_METHODS[method_key(algo, aux)].items():
+        scope, _, field = key.partition(".")
+        assert vars(r.hparams[scope])[field] == value, key
+    assert t["warmup_ratio"] == (0.06 if aux else 0.0)  # 6% warm-up for the multitask variants only
+    released = resolve(RunSpec("civilcomments_small", algo, aux=aux, preset="paper_released_decay",
+                               overrides=(f"data.root={tmp_path}", f"backbone.model={bert}")))
+    assert released.hparams["train"].no_decay == "inverted"

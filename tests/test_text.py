@@ -117,6 +117,8 @@ def test_toycomments_demo_runs_with_mlm_and_clm(tmp_path: Path) -> None:
         config = json.loads((out / "config.json").read_text())
         assert config["backbone"] == "bert_tiny" and config["objectives"] == [aux, "l1"]
         assert "new" in config["notes"][f"objective:{aux}"]["head"]
+        counts = config["data"]["train_eval_group_counts"]
+        assert len(counts) == len(config["data"]["eval_group_names"]) == 16 and sum(counts) > 0
         record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
         assert f"train/loss_{aux}" in record and "val/avg_acc_duplicated" in record
         assert "val/group_acc@toxic_muslim" in record
@@ -131,3 +133,26 @@ def test_text_objectives_and_backbones_refuse_the_wrong_modality(tmp_path: Path)
         resolve(RunSpec("toycomments", "mt", aux=("mim",), overrides=TINY))
     with pytest.raises(ConfigError, match="backbone 'vit_tiny' reads image inputs but dataset 'toycomments' is text"):
         resolve(RunSpec("toycomments", "erm", backbone="vit_tiny"))
+
+
+def test_mlm_and_clm_refuse_a_text_backbone_without_a_head_at_resolve_time() -> None:
+    from robustbench_mtl.backbones.base import Backbone
+    from robustbench_mtl.errors import ConfigError
+    from robustbench_mtl.registry import OBJECTIVES
+
+    class PlainText(Backbone):  # reads text, returns tokens, but has no MLM head and no causal mode
+        modalities, has_tokens = ("text",), True
+
+    info = DataInfo("toycomments", "text", (16,), {"y": 2}, ("g",), (1,))
+    for name, what in (("mlm", "with an MLM head"), ("clm", "that can attend causally")):
+        with pytest.raises(ConfigError, match=f"objective '{name}' needs a BERT-family backbone {what}, and "
+                                              f"'plain' is not one"):
+            OBJECTIVES.get(name).check(name, "plain", PlainText, info)
+
+    class HeadOnly(PlainText):
+        def mlm_head(self):  # noqa: ANN201 - a stand-in
+            raise AssertionError("not called by check")
+
+    OBJECTIVES.get("mlm").check("mlm", "head_only", HeadOnly, info)  # an MLM head is all mlm needs
+    with pytest.raises(ConfigError, match="'clm' needs a BERT-family backbone that can attend causally"):
+        OBJECTIVES.get("clm").check("clm", "head_only", HeadOnly, info)

@@ -323,3 +323,33 @@ def test_grad_clip_bounds_the_global_gradient_norm() -> None:
     scale = c / _norm(free)  # one factor for all parameters: the direction is kept
     for g, f in zip(clipped, free):
         assert torch.allclose(g, f * scale, rtol=1e-4, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["none", "bias_norm", "inverted"])
+def test_weight_decay_groups(mode: str) -> None:
+    from torch import nn
+
+    spec = RunSpec("synthetic", "erm", overrides=("train.weight_decay=0.01", f"train.no_decay={mode}",
+                                                  "train.optimizer=adamw"))
+    algo = build(resolve(spec), torch.device("cpu"), 1)
+    decay = {id(p): g["weight_decay"] for g in algo.optimizer.param_groups for p in g["params"]}
+    norm = next(m for m in algo.model.modules() if isinstance(m, nn.LayerNorm))
+    linear = next(m for m in algo.model.modules() if isinstance(m, nn.Linear))
+    want_plain, want_exempt = {"none": (0.01, 0.01), "bias_norm": (0.01, 0.0), "inverted": (0.0, 0.01)}[mode]
+    assert decay[id(linear.weight)] == want_plain
+    assert decay[id(linear.bias)] == want_exempt and decay[id(norm.weight)] == want_exempt
+    assert len(decay) == sum(1 for p in algo.model.parameters() if p.requires_grad)  # every parameter once
+    assert algo.optimizer.defaults["eps"] == 1e-8
+
+
+def test_warmup_ratio_is_a_fraction_of_the_schedule() -> None:
+    spec = RunSpec("synthetic", "erm", overrides=("train.warmup_ratio=0.06", "train.scheduler=linear"))
+    algo = build(resolve(spec), torch.device("cpu"), total_steps=100)
+    assert algo.warmup() == 6
+    lrs = []
+    for _ in range(8):
+        lrs.append(algo.scheduler.get_last_lr()[0] / algo.train_hp.lr)
+        algo.optimizer.step()
+        algo.scheduler.step()
+    assert lrs[:6] == pytest.approx([k / 6 for k in range(1, 7)]) and lrs[6] == pytest.approx(1 - 0 / 94)
+    assert lrs[7] == pytest.approx(1 - 1 / 94)

@@ -70,13 +70,26 @@ class Algorithm(nn.Module):
     def configure_optimizers(self) -> None:
         """(Re)build the optimizer and schedule over `optimized_parameters()` (JTT calls this again)."""
         t = self.train_hp
-        params = list(self.optimized_parameters())
+        groups = self.decay_groups(list(self.optimized_parameters()))
         if t.optimizer == "sgd":
-            self._optimizer = torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+            self._optimizer = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
         else:
             cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-            self._optimizer = cls(params, lr=t.lr, weight_decay=t.weight_decay)
+            self._optimizer = cls(groups, lr=t.lr, eps=t.adam_eps)
         self._scheduler = torch.optim.lr_scheduler.LambdaLR(self._optimizer, self._lr_factor)
+
+    def decay_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """Parameter groups with their weight decay: one group, or (train.no_decay) biases and LayerNorm
+        weights apart from the rest; `inverted` swaps the two (the released text code's inverted mask)."""
+        t = self.train_hp
+        if t.no_decay == "none":
+            return [{"params": params, "weight_decay": t.weight_decay}]
+        exempt = {id(p) for m in self.modules() for name, p in m.named_parameters(recurse=False)
+                  if name == "bias" or isinstance(m, nn.LayerNorm)}
+        rest = [p for p in params if id(p) not in exempt]
+        special = [p for p in params if id(p) in exempt]
+        decay_rest, decay_special = (t.weight_decay, 0.0) if t.no_decay == "bias_norm" else (0.0, t.weight_decay)
+        return [{"params": rest, "weight_decay": decay_rest}, {"params": special, "weight_decay": decay_special}]
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -99,13 +112,18 @@ class Algorithm(nn.Module):
     def scheduler(self, value: torch.optim.lr_scheduler.LRScheduler) -> None:
         self._scheduler = value
 
-    def _lr_factor(self, step: int) -> float:
+    def warmup(self) -> int:
+        """Warm-up steps: train.warmup_steps, or train.warmup_ratio of the schedule's total steps."""
         t = self.train_hp
-        if t.warmup_steps and step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
+        return t.warmup_steps or math.ceil(t.warmup_ratio * self.total_steps)
+
+    def _lr_factor(self, step: int) -> float:
+        t, warm = self.train_hp, self.warmup()
+        if warm and step < warm:
+            return (step + 1) / warm
         if t.scheduler == "constant":
             return 1.0
-        frac = min(1.0, (step - t.warmup_steps) / max(1, self.total_steps - t.warmup_steps))
+        frac = min(1.0, (step - warm) / max(1, self.total_steps - warm))
         return 0.5 * (1 + math.cos(math.pi * frac)) if t.scheduler == "cosine" else 1.0 - frac
 
     # -- hooks ---------------------------------------------------------------------------

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import DataNotFoundError
 from ..hparams import hp
 from ..registry import DATASETS
-from ._files import removed_on_failure, safe_extraction
+from ._files import removed_on_failure
 from ._images import (DEFAULT_ROOT, E_MINUS_1, E_PLUS_1, PAPER_IMAGE_RECIPE, ROOT_ENV, ImageFiles, Invalid, Rows,
                       Source, StoredImages, checked_paths, count_mismatch, stat_digest)
+from ._wilds import wilds_fetch, wilds_release
 from .base import SPLITS, WATERBIRDS_GROUPS
 
 WILDS_VERSION = "1.0"
@@ -142,44 +142,16 @@ class Waterbirds(ImageFiles):
         root = Path(root).expanduser()
         with contextlib.suppress(Invalid):  # already present in any layout: nothing to do
             return cls.inspect(root).data_dir
-        url, size, download = wilds_downloader()
+        url, size, download = wilds_release("waterbirds_dataset", "WaterbirdsDataset", WILDS_VERSION,
+                                            f"extract {MANUAL_URL} into the data root")
         data_dir = root / WILDS_DIR
         # A directory that was there before is kept on failure, so the fix must say to delete it.
         rerun = (f"delete {data_dir} (it predates this run, so it was kept) and rerun" if data_dir.exists()
                  else "rerun") + f": {fix_hint(root)}"
         with removed_on_failure(data_dir):
-            fetch(url, size, download, data_dir, f"check the network or download it by hand: extract {MANUAL_URL} "
-                                                 f"into {root}; then {rerun}")
+            wilds_fetch("waterbirds", url, size, download, data_dir, f"check the network or download it by hand: "
+                                                                    f"extract {MANUAL_URL} into {root}; then {rerun}")
             return verified(data_dir, rerun)
-
-
-def wilds_downloader() -> tuple[str, int | None, Callable[..., Any]]:
-    """The URL and size WILDS declares for Waterbirds, and WILDS' own download-and-extract function."""
-    try:
-        from wilds.datasets.download_utils import download_and_extract_archive
-        from wilds.datasets.waterbirds_dataset import WaterbirdsDataset
-    except ImportError:
-        raise ConfigError("prepare needs the wilds package: pip install 'robustbench-mtl[data]'") from None
-    try:
-        release = WaterbirdsDataset._versions_dict[WILDS_VERSION]  # a class attribute: no download to read it
-        return release["download_url"], release.get("compressed_size"), download_and_extract_archive
-    except (AttributeError, KeyError, TypeError):
-        raise ConfigError(f"the installed wilds does not declare Waterbirds v{WILDS_VERSION}; download by hand: "
-                          f"extract {MANUAL_URL} into the data root") from None
-
-
-def fetch(url: str, size: int | None, download: Callable[..., Any], data_dir: Path, fix: str) -> None:
-    """What WILDSDataset.download_dataset does, minus its `except Exception: print(e)`: errors reach us."""
-    with contextlib.redirect_stdout(sys.stderr), safe_extraction():  # WILDS prints progress on stdout
-        try:
-            download(url=url, download_root=str(data_dir), filename="archive.tar.gz", remove_finished=True,
-                     size=size)
-            return
-        except Exception as exc:  # urllib, tarfile, disk: whatever it is, the line names it
-            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # one line, whatever was raised
-    # Raised out here, not in the except: the traceback there holds WILDS' progress bars, which it never
-    # closes; freed now, they print their last state before our line instead of after it.
-    raise DataNotFoundError(f"waterbirds: download from {url} failed ({cause}); {fix}")
 
 
 def verified(data_dir: Path, rerun: str) -> Path:

@@ -8,12 +8,11 @@ from torch import Tensor
 
 from ..backbones.base import Backbone
 from ..data.base import DataInfo
-from ..errors import ConfigError
 from ..hparams import Choice, hp
 from ..registry import OBJECTIVES
 from ..types import Batch, Outputs
 from .base import PAPER_WEIGHT_GRID, AuxiliaryTask
-from .mlm import token_loss
+from .mlm import require_lm_backbone, token_loss
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -40,11 +39,14 @@ class CLM(AuxiliaryTask):
 
     def __init__(self, hparams: CLMHParams, backbone: Backbone, info: DataInfo) -> None:
         super().__init__(hparams, backbone, info)
-        if not (getattr(backbone, "supports_causal", False) and hasattr(backbone, "mlm_head")):
-            raise ConfigError("objective 'clm' needs a BERT-family backbone that can attend causally (e.g. "
-                              "--backbone bert_tiny or bert)")
+        require_lm_backbone("clm", type(backbone).__name__, type(backbone), causal=True)
         self.head, self.head_source = backbone.mlm_head()
         self.pad_id = int(backbone.tokenizer.pad_token_id)
+
+    @classmethod
+    def check(cls, name: str, backbone_name: str, backbone_cls: type[Backbone], info: DataInfo) -> None:
+        super().check(name, backbone_name, backbone_cls, info)
+        require_lm_backbone(name, backbone_name, backbone_cls, causal=True)
 
     def notes(self) -> dict[str, Any]:
         return {"head": self.head_source}

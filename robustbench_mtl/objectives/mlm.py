@@ -26,6 +26,14 @@ class MLMHParams:
     probability: float = hp(0.15, gt=0, lt=1, help="fraction of non-special tokens selected (BERT: 0.15)")
 
 
+def require_lm_backbone(name: str, backbone_name: str, backbone_cls: type, causal: bool = False) -> None:
+    """One line if the backbone has no MLM head (or, for `causal`, cannot attend causally): checked at resolve time."""
+    if not hasattr(backbone_cls, "mlm_head") or (causal and not getattr(backbone_cls, "supports_causal", False)):
+        what = "that can attend causally" if causal else "with an MLM head"
+        raise ConfigError(f"objective '{name}' needs a BERT-family backbone {what}, and '{backbone_name}' is not one; "
+                          f"use --backbone bert_tiny or bert")
+
+
 def mask_tokens(ids: Tensor, probability: float, special: Tensor, mask_id: int, vocab: int) -> tuple[Tensor, Tensor]:
     """(corrupted ids, labels) as transformers' DataCollatorForLanguageModeling: each non-special token is
     selected with `probability`; of those, 80% become [MASK], 10% a random token, 10% stay; labels are the
@@ -58,13 +66,16 @@ class MLM(AuxiliaryTask):
 
     def __init__(self, hparams: MLMHParams, backbone: Backbone, info: DataInfo) -> None:
         super().__init__(hparams, backbone, info)
-        if not hasattr(backbone, "mlm_head"):
-            raise ConfigError("objective 'mlm' needs a BERT-family backbone with an MLM head (e.g. --backbone "
-                              "bert_tiny or bert)")
+        require_lm_backbone("mlm", type(backbone).__name__, type(backbone))
         self.head, self.head_source = backbone.mlm_head()
         tok = backbone.tokenizer
         self.mask_id, self.vocab = int(tok.mask_token_id), len(tok)
         self.register_buffer("special", torch.tensor(sorted({int(i) for i in tok.all_special_ids})), persistent=False)
+
+    @classmethod
+    def check(cls, name: str, backbone_name: str, backbone_cls: type[Backbone], info: DataInfo) -> None:
+        super().check(name, backbone_name, backbone_cls, info)
+        require_lm_backbone(name, backbone_name, backbone_cls)
 
     def notes(self) -> dict[str, Any]:
         return {"head": self.head_source}
