@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -28,6 +29,25 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 def peak_tflops(name: str, given: float) -> float | None:
     return given or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def timed_rate(step: Callable[[int], None], steps: int, batch: int, device: torch.device) -> float:
+    """Examples/s of `step(1) .. step(steps)`, timed between device synchronisations."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for k in range(1, steps + 1):
+        step(k)
+    sync()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def print_utilisation(name: str, flops: float, rate: float, batch: int, given_peak: float) -> None:
+    """The harness's achieved model FLOP/s and its share of the device's peak bf16 FLOP/s."""
+    peak = peak_tflops(name, given_peak)
+    achieved = flops * rate / batch / 1e12
+    util = f"{100 * achieved / peak:.1f}% of {peak:.0f} TFLOP/s" if peak else "peak unknown (pass --peak-tflops)"
+    print(f"harness model FLOPs: {flops / 1e9:.1f} GFLOP/step, {achieved:.1f} TFLOP/s, utilisation {util}")
 
 
 def build(side: int, tiny: bool, device: torch.device, tmp: Path):
@@ -76,13 +96,8 @@ def harness_rate(algo, paths: list[str], side: int, batch: int, steps: int, devi
     algo.update(next(batches), aux.next())  # warm-up
     with FlopCounterMode(display=False) as counter:
         algo.update(next(batches), aux.next())
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        algo.update(next(batches), aux.next())
-    sync()
-    return steps * batch / (time.perf_counter() - t0), float(counter.get_total_flops())
+    return timed_rate(lambda k: algo.update(next(batches), aux.next()), steps, batch, device), \
+        float(counter.get_total_flops())
 
 
 def released_rate(algo, paths: list[str], side: int, batch: int, steps: int, device: torch.device) -> float:
@@ -111,14 +126,8 @@ def released_rate(algo, paths: list[str], side: int, batch: int, steps: int, dev
         # The harness's MIM crops its own view again: the replica hands it the decoded aux images as they are.
         algo.update(Batch(load(end, idx), {"y": zeros}, zeros, zeros, ids), Batch(load(view, idx), {}, zeros, zeros, ids))
 
-    step(0)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    for k in range(1, steps + 1):
-        step(k)
-    sync()
-    return steps * batch / (time.perf_counter() - t0)
+    step(0)  # warm-up
+    return timed_rate(step, steps, batch, device)
 
 
 def main() -> None:
@@ -148,10 +157,7 @@ def main() -> None:
           f"steps={args.steps}")
     print(f"harness (store, GPU crops, bf16): {h_rate:.1f} images/s   released replica (PIL per step, fp32): "
           f"{r_rate:.1f} images/s   ratio: {h_rate / r_rate:.2f}")
-    peak = peak_tflops(name, args.peak_tflops)
-    achieved = flops * h_rate / args.batch / 1e12
-    util = f"{100 * achieved / peak:.1f}% of {peak:.0f} TFLOP/s" if peak else "peak unknown (pass --peak-tflops)"
-    print(f"harness model FLOPs: {flops / 1e9:.1f} GFLOP/step, {achieved:.1f} TFLOP/s, utilisation {util}")
+    print_utilisation(name, flops, h_rate, args.batch, args.peak_tflops)
 
 
 if __name__ == "__main__":
