@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import torch
 
 CONFIG, METRICS, CHECKPOINT, FINAL = "config.json", "metrics.jsonl", "checkpoint.pt", "final.json"
+LOCK = ".lock"  # a sweep job's lock file (sweep.job_lock): its presence alone is not a run
 # Record keys that vary between identical runs; determinism checks ignore them.
 TIMING_KEYS = ("time/epoch_s", "time/eval_s")
 

@@ -15,7 +15,7 @@ from .backbones.base import BACKBONE_FILE, BACKBONE_META
 from .config import Resolved, RunSpec, resolve
 from .errors import ConfigError, Interrupted, RunFailedError
 from .provenance import provenance
-from .results import (CHECKPOINT, CONFIG, FINAL, METRICS, atomic_torch_save, atomic_write_json, read_json,
+from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, read_json,
                       rewrite_jsonl)
 from .selection import select_all, selected_model_path
 from .trainer import Reporter, Trainer, assemble, build, evaluate
@@ -94,7 +94,7 @@ def _check_out_dir(out: Path, r: Resolved) -> str:
         if (out / FINAL).exists():
             return "done"
         return "resume" if (out / CHECKPOINT).exists() else "fresh"
-    if any(out.iterdir()):
+    if any(p.name != LOCK for p in out.iterdir()):  # a sweep's lock file comes before config.json
         raise ConfigError(f"{out} exists and is not a run directory; choose another --out")
     return "fresh"
 
