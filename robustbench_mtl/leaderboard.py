@@ -5,7 +5,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import pandas as pd
 
@@ -147,11 +147,16 @@ def _run_counts(bases: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[
     return {k: {"n_run_dirs": n, "n_distinct_runs": len(distinct[k])} for k, n in dirs.items()}
 
 
-def scan_rows(runs_dir: Path) -> tuple[list[dict[str, Any]], list[SkippedRun]]:
+def scan_rows(runs_dir: Path, only: Collection[Path] | None = None) -> tuple[list[dict[str, Any]], list[SkippedRun]]:
     """(rows, skipped): one row per (dataset, method, backbone, selection protocol) over the usable
-    finished runs under runs_dir, and the damaged run directories left out with the reason."""
+    finished runs under runs_dir (only the run directories in `only`, when given: e.g. one sweep's jobs),
+    and the damaged run directories left out with the reason."""
     runs_dir = Path(runs_dir)
     runs, skipped = scan_runs(runs_dir)
+    if only is not None:
+        keep = {Path(d).resolve() for d in only}
+        runs = [r for r in runs if r.path.resolve() in keep]
+        skipped = [s for s in skipped if s.path.resolve() in keep]
     bases = [_run_base(runs_dir, run) for run in runs]
     records = [rec for base, run in zip(bases, runs) for rec in _run_records(base, run.final)]
     if not records:
@@ -250,14 +255,15 @@ def render_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
 Warn = Callable[[SkippedRun], None]
 
 
-def checked_rows(runs_dir: Path, warn: Warn | None = None) -> list[dict[str, Any]]:
+def checked_rows(runs_dir: Path, warn: Warn | None = None,
+                 only: Collection[Path] | None = None) -> list[dict[str, Any]]:
     """Rows, or a ConfigError saying why there are none and what to do. Each damaged run directory that
     was skipped is passed to `warn` (before any error, so the caller can say why runs are missing)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ConfigError(f"runs directory {runs_dir} does not exist; pass the directory the runs were written "
                           f"under (by default ./runs)")
-    rows, skipped = scan_rows(runs_dir)
+    rows, skipped = scan_rows(runs_dir, only)
     for skip in skipped if warn is not None else []:
         warn(skip)
     if not rows:
@@ -267,9 +273,10 @@ def checked_rows(runs_dir: Path, warn: Warn | None = None) -> list[dict[str, Any
     return rows
 
 
-def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None) -> list[Path]:
+def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None,
+                       only: Collection[Path] | None = None) -> list[Path]:
     """Write `<dataset>.md` and `<dataset>.json` (the rows) per dataset into out_dir; return the paths."""
-    rows = checked_rows(runs_dir, warn)
+    rows = checked_rows(runs_dir, warn, only)
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         md, js = Path(out_dir) / f"{dataset}.md", Path(out_dir) / f"{dataset}.json"
@@ -279,9 +286,9 @@ def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None) 
     return paths
 
 
-def leaderboard_markdown(runs_dir: Path, warn: Warn | None = None) -> str:
+def leaderboard_markdown(runs_dir: Path, warn: Warn | None = None, only: Collection[Path] | None = None) -> str:
     """Every dataset's table, one after another (for printing)."""
-    rows = checked_rows(runs_dir, warn)
+    rows = checked_rows(runs_dir, warn, only)
     return "\n".join(render_markdown(rows, d) for d in sorted({r["dataset"] for r in rows}))
 
 
