@@ -228,15 +228,15 @@ def _cells(r: dict[str, Any]) -> list[str]:
             ("yes" if r["uses_val_groups_any"] else "no") + (" (test groups)" if r["oracle"] else "")]
 
 
-def render_markdown(rows: list[dict[str, Any]], dataset: str) -> str:
-    """One Markdown table for one dataset (rows as from `collect_rows`)."""
+def render_markdown(rows: list[dict[str, Any]], dataset: str, command: str | None = None) -> str:
+    """One Markdown table for one dataset (rows as from `collect_rows`), under the command that regenerates it."""
     rows = sorted((r for r in rows if r["dataset"] == dataset),
                   key=lambda r: (*_protocol_order(r), -r["test_worst_group_acc_mean"], r["method"]))
     show_providers = any(c.get("dist") != CORE_DIST for r in rows for c in r["components"].values())
     cols = ["Method", "Backbone", "Selection", "Test worst-group acc.", "Test avg acc.", "Seeds", "Train groups",
             "Val groups"] + (["Providers"] if show_providers else [])
     lines = [
-        f"### {dataset}", "",
+        f"### {dataset}", "", *([f"Regenerate: `{command}`", ""] if command else []),
         f"{_run_count_sentence(rows)} For each selection protocol, the epoch of every run is the one the protocol "
         "chose; for each method and backbone, only its configurations with the most seeds are compared, and the one "
         f"with the best mean of the protocol's selection metric over its seeds is reported.{_left_out_sentence(rows)}",
@@ -274,13 +274,14 @@ def checked_rows(runs_dir: Path, warn: Warn | None = None,
 
 
 def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None,
-                       only: Collection[Path] | None = None) -> list[Path]:
-    """Write `<dataset>.md` and `<dataset>.json` (the rows) per dataset into out_dir; return the paths."""
+                       only: Collection[Path] | None = None, command: str | None = None) -> list[Path]:
+    """Write `<dataset>.md` and `<dataset>.json` (the rows) per dataset into out_dir; return the paths.
+    `command`, when given, is printed at the top of each table as the command that regenerates it."""
     rows = checked_rows(runs_dir, warn, only)
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         md, js = Path(out_dir) / f"{dataset}.md", Path(out_dir) / f"{dataset}.json"
-        atomic_write_text(md, render_markdown(rows, dataset))
+        atomic_write_text(md, render_markdown(rows, dataset, command))
         atomic_write_json(js, [r for r in rows if r["dataset"] == dataset])
         paths += [md, js]
     return paths
