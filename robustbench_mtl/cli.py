@@ -136,6 +136,8 @@ def _spec_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="torch CPU threads; 0 = auto (1 for tabular data on CPU, else all cores)"),
         click.option("--json", "as_json", is_flag=True, help="print final.json to stdout"),
         click.option("--quiet", is_flag=True, help="no progress bar or per-epoch lines"),
+        click.option("--log", "log", multiple=True, metavar="LOGGER",
+                     help="also log to LOGGER: tensorboard (event files in <run>/tensorboard; extra [tensorboard])"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -178,7 +180,7 @@ def _report(result: Any, as_json: bool) -> None:
 @_fail_cleanly
 def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone: str | None, root: Path | None,
         seed: int, hparams_seed: int, preset: str | None, overrides: tuple[str, ...], out_dir: Path | None,
-        device: str, resume: bool, threads: int, as_json: bool, quiet: bool) -> None:
+        device: str, resume: bool, threads: int, as_json: bool, quiet: bool, log: tuple[str, ...]) -> None:
     """Train and evaluate one configuration; prints where its results are."""
     from .config import RunSpec
     from .errors import ConfigError
@@ -188,13 +190,14 @@ def run(algorithm: str | None, data: str | None, aux: tuple[str, ...], backbone:
     if resume:
         if out_dir is None or not (out_dir / CONFIG).exists():
             raise ConfigError("--resume needs --out pointing at a run directory that holds config.json")
-        spec = RunSpec.from_json({**read_json(out_dir / CONFIG)["spec"], "threads": threads})
+        spec = RunSpec.from_json({**read_json(out_dir / CONFIG)["spec"], "threads": threads,
+                                  **({"log": _names(log)} if log else {})})
     else:
         if not algorithm or not data:
             raise ConfigError("run needs --algo and --data (or --resume --out DIR); see `robustbench-mtl run -h`")
         spec = RunSpec(data=data, algorithm=algorithm, aux=_names(aux), backbone=backbone, seed=seed,
                        hparams_seed=hparams_seed, preset=preset, overrides=_with_root(data, root, overrides),
-                       device=device, threads=threads)
+                       device=device, threads=threads, log=_names(log))
     _report(run_fn(spec, out_dir, _reporter(quiet or as_json)), as_json)
 
 
@@ -209,7 +212,7 @@ def _names(aux: tuple[str, ...]) -> tuple[str, ...]:
 @_fail_cleanly
 def pretrain(data: str | None, aux: tuple[str, ...], backbone: str | None, root: Path | None, seed: int,
              preset: str | None, overrides: tuple[str, ...], out_dir: Path, device: str, threads: int,
-             as_json: bool, quiet: bool) -> None:
+             as_json: bool, quiet: bool, log: tuple[str, ...]) -> None:
     """Task-adaptive pretraining: train a backbone on DATA's training inputs with --aux objectives only (no
     labels) and save it in --out; start any run from it with --set backbone.init=OUT."""
     from .config import RunSpec
@@ -219,7 +222,7 @@ def pretrain(data: str | None, aux: tuple[str, ...], backbone: str | None, root:
     if not data or not aux:
         raise ConfigError("pretrain needs --data and --aux (e.g. --aux mim); see `robustbench-mtl pretrain -h`")
     spec = RunSpec(data=data, algorithm="tapt", aux=_names(aux), backbone=backbone, seed=seed, preset=preset,
-                   overrides=_with_root(data, root, overrides), device=device, threads=threads)
+                   overrides=_with_root(data, root, overrides), device=device, threads=threads, log=_names(log))
     path = pretrain_fn(spec, out_dir, _reporter(quiet or as_json))
     if as_json:
         _print_json({"backbone": str(path), "init": f"backbone.init={out_dir}"})

@@ -65,16 +65,18 @@ class RunSpec:
     overrides: tuple[str, ...] = ()
     device: str = "auto"
     threads: int = 0  # CPU threads; 0 = auto (see runner.set_threads). Not part of a run's identity.
+    log: tuple[str, ...] = ()  # per-run loggers (loggers.LOGGERS). Not part of a run's identity either.
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["aux"], d["overrides"] = list(self.aux), list(self.overrides)
+        d["aux"], d["overrides"], d["log"] = list(self.aux), list(self.overrides), list(self.log)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "RunSpec":
         d = dict(d)
         d["aux"], d["overrides"] = tuple(d.get("aux", ())), tuple(d.get("overrides", ()))
+        d["log"] = tuple(d.get("log", ()))
         return cls(**d)
 
 

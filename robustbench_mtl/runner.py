@@ -17,6 +17,7 @@ from .errors import ConfigError, Interrupted, RunFailedError
 from .provenance import provenance
 from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, read_json,
                       rewrite_jsonl)
+from .loggers import check_loggers, with_loggers
 from .selection import select_all, selected_model_path
 from .trainer import Reporter, Trainer, assemble, build, evaluate
 
@@ -167,6 +168,7 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
     Ctrl-C raises `Interrupted` (a one-line message saying what is checkpointed and how to resume);
     files are written atomically, so nothing is left half-written.
     """
+    check_loggers(spec.log)
     r = resolve(spec)
     device = pick_device(spec.device)
     set_threads(device, spec.threads, r.info.modality)
@@ -174,7 +176,7 @@ def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = 
     state = _check_out_dir(out, r)
     if state == "done":
         return RunResult(out, read_json(out / FINAL), already_finished=True)
-    reporter = reporter or Reporter()
+    reporter = with_loggers(reporter or Reporter(), out, spec.log)
     with deterministic_mode(r.hparams["train"].deterministic):
         return _train(r, out, device, reporter, state)
 
