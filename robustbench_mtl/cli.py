@@ -325,30 +325,76 @@ def show(kind: str, name: str, as_json: bool) -> None:
         out.print(table)
 
 
+def _warn_skipped(skip: Any) -> None:
+    """A damaged run directory, on stderr, so that JSON output stays pure JSON on stdout."""
+    err.print(f"[yellow]warning:[/] skipped {escape(str(skip.path))}: {escape(skip.reason)}",
+              highlight=False, soft_wrap=True)
+
+
 @main.command()
 @click.argument("runs_dir", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="write <dataset>.md and <dataset>.json here instead of printing")
-@click.option("--json", "as_json", is_flag=True, help="print the rows as JSON instead of Markdown")
+              help="write <dataset>.<format> files (and comparisons) here instead of printing")
+@click.option("--json", "as_json", is_flag=True, help="print the rows (or the comparison) as JSON")
+@click.option("--format", "fmt", default=None, metavar="md,json,csv,tex",
+              help="formats to write with --out (default md,json), or the one format to print")
+@click.option("--reported", is_flag=True, help="add the papers' reported numbers as labelled rows")
+@click.option("--compare", nargs=2, default=None, metavar="METHOD_A METHOD_B",
+              help='paired comparison A - B over shared seeds, e.g. --compare "mt_l1 + simclr" erm')
+@click.option("--protocol", default=None, help="with --compare: only this selection protocol (name or label)")
+@click.option("--dataset", default=None, help="with --compare: only this dataset")
 @_fail_cleanly
-def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool) -> None:
-    """Markdown leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR.
+def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool, fmt: str | None, reported: bool,
+                compare: tuple[str, str] | None, protocol: str | None, dataset: str | None) -> None:
+    """Leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR.
 
     A damaged run directory (unreadable config.json or final.json) is skipped with a warning on stderr."""
-    from .leaderboard import checked_rows, leaderboard_markdown, write_leaderboards
+    from . import leaderboard as lb
+    from .errors import ConfigError
 
-    def warn(skip: Any) -> None:  # stderr, so that --json output stays pure JSON on stdout
-        err.print(f"[yellow]warning:[/] skipped {escape(str(skip.path))}: {escape(skip.reason)}",
-                  highlight=False, soft_wrap=True)
-
-    if as_json and out_dir is None:
-        _print_json(checked_rows(runs_dir, warn))
+    if compare:
+        result = lb.compare_methods(runs_dir, *compare, protocol=protocol, dataset=dataset, warn=_warn_skipped)
+        if as_json:
+            _print_json(result)
+        else:
+            click.echo(lb.comparison_markdown(result))
+        for path in lb.write_comparison(result, out_dir) if out_dir else []:
+            err.print(f"wrote {escape(str(path))}", highlight=False)  # stderr: --json keeps stdout pure JSON
         return
+    if protocol or dataset:
+        raise ConfigError("--protocol and --dataset select what --compare compares; add --compare A B")
     if out_dir is None:
-        click.echo(leaderboard_markdown(runs_dir, warn))
+        click.echo(lb.leaderboard_text(runs_dir, fmt or ("json" if as_json else "md"), _warn_skipped,
+                                       reported=reported))
         return
-    for path in write_leaderboards(runs_dir, out_dir, warn):
+    for path in lb.write_leaderboards(runs_dir, out_dir, _warn_skipped, formats=fmt or lb.DEFAULT_FORMATS,
+                                      reported=reported):
         out.print(f"wrote {path}")
+
+
+@main.command()
+@click.argument("runs_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="directory for the PNG and SVG files")
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), default=None,
+              help="also plot this one run's per-epoch curves (metrics.jsonl)")
+@click.option("--protocol", default="val_worst_group", show_default=True,
+              help="selection protocol whose chosen epochs the hparam plots use")
+@click.option("--reported", is_flag=True, help="add the papers' reported numbers to the avg-vs-worst plots")
+@_fail_cleanly
+def plot(runs_dir: Path | None, out_dir: Path, run_dir: Path | None, protocol: str, reported: bool) -> None:
+    """Plots (PNG and SVG) from the finished runs under RUNS_DIR and/or one run directory (--run).
+
+    Average vs worst-group accuracy per method; worst-group accuracy against w_reg (l1.weight) and w_ssl
+    (the aux objective's weight); with --run, that run's per-epoch curves."""
+    from .leaderboard.plots import make_plots
+
+    paths, notes = make_plots(runs_dir, out_dir, run_dir=run_dir, protocol=protocol, reported=reported,
+                              warn=_warn_skipped)
+    for note in notes:
+        err.print(f"note: {escape(note)}", highlight=False, soft_wrap=True)
+    for path in paths:
+        out.print(f"wrote {escape(str(path))}", highlight=False)
 
 
 @main.command()
@@ -370,6 +416,197 @@ def plugins(as_json: bool) -> None:
             out.print(f"  {p['kind']}: {p['name']}")
         for e in dist["errors"]:
             out.print(f"  [red]error[/] {e['kind']} {e['name']}: {e['error']}", highlight=False)
+
+
+@main.group()
+def sweep() -> None:
+    """Plan, launch, watch and collect a sweep: a TOML file (docs/sweeps.md) and/or flags."""
+
+
+def _sweep_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """SPEC (a .toml file) and the flags that give or replace its keys."""
+    options = [
+        click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(path_type=Path)),
+        click.option("--data", "datasets", multiple=True, help="dataset(s); repeat or comma-separate"),
+        click.option("--methods", default=None, help="comma-separated methods, algorithm+aux (erm,mt_l1+recon)"),
+        click.option("--backbones", default=None, help="comma-separated backbones; default: each dataset's"),
+        click.option("--seeds", default=None, help="comma-separated seeds (default 0,1,2)"),
+        click.option("--preset", default=None, help="a dataset preset (e.g. paper) for every job"),
+        click.option("--random", "random_draws", type=int, default=None, help="N random hparam draws, not a grid"),
+        click.option("--grid", multiple=True, metavar="SCOPE.FIELD=V1,V2", help="a grid axis (repeat)"),
+        click.option("--set", "fixed", multiple=True, metavar="SCOPE.FIELD=VALUE", help="a value for every job"),
+        click.option("--runs-dir", default=None, help="where the run directories go (default runs)"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _load_sweep(spec_path: Path | None, datasets: tuple[str, ...], methods: str | None, backbones: str | None,
+                seeds: str | None, preset: str | None, random_draws: int | None, grid: tuple[str, ...],
+                fixed: tuple[str, ...], runs_dir: str | None) -> Any:
+    """The sweep from SPEC and flags; `source` repeats them for the regenerating command."""
+    import shlex
+
+    from .errors import ConfigError
+    from .sweep_spec import load
+
+    def pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
+        bad = [i for i in items if "=" not in i]
+        if bad:
+            raise ConfigError(f"{flag} expects SCOPE.FIELD=VALUE, got {bad[0]!r}")
+        return dict(i.split("=", 1) for i in items)
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds is not None else None
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers, got {seeds!r}") from None
+    flags = {"datasets": list(_names(datasets)) or None, "methods": methods, "backbones": backbones, "seeds": seed_list,
+             "preset": preset, "random": random_draws, "runs_dir": runs_dir,
+             "grid": {k: v.split(",") for k, v in pairs(grid, "--grid").items()} or None,
+             "fixed": pairs(fixed, "--set") or None}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if spec_path is None and not flags:
+        raise ConfigError("give a sweep file (e.g. sweeps/synthetic.toml) or flags (--data ... --methods ...)")
+    tokens = [str(spec_path)] if spec_path is not None else []
+    for flag, value in (("--data", ",".join(_names(datasets))), ("--methods", methods), ("--backbones", backbones),
+                        ("--seeds", seeds), ("--preset", preset), ("--random", random_draws), ("--runs-dir", runs_dir)):
+        tokens += [flag, str(value)] if value not in (None, "") else []
+    tokens += [t for g in grid for t in ("--grid", g)] + [t for f in fixed for t in ("--set", f)]
+    return load(spec_path, flags, shlex.join(tokens))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def _print_invalid(p: Any) -> None:
+    """Each invalid job with its reason; a reason many jobs share (a missing dataset) once, with its count."""
+    from .sweep import invalid_label
+
+    for spec, reason in p.invalid:
+        if reason not in p.problems:
+            err.print(f"[red]invalid[/] {escape(invalid_label(spec))}: {escape(reason)}", highlight=False, soft_wrap=True)
+    for reason, n in p.problems.items():
+        err.print(f"[red]{n} job(s) cannot run:[/] {escape(reason)}", highlight=False, soft_wrap=True)
+
+
+def _not_ok(p: Any, then: str = "") -> Any:
+    from .errors import ConfigError
+
+    total = len(p.invalid) + len(p.jobs)
+    return ConfigError(f"{p.blocked} of {total} jobs of sweep '{p.sweep.name}' cannot run (reasons above){then}")
+
+
+@sweep.command("plan")
+@_sweep_options
+@click.option("--workers", type=int, default=None, help="workers for the wall-time estimate (default: the spec's)")
+@click.option("--probe/--no-probe", default=True, help="time a few steps of jobs without recorded epoch times")
+@_fail_cleanly
+def sweep_plan(workers: int | None, probe: bool, **kw: Any) -> None:
+    """List the jobs, flag invalid ones, and estimate CPU and wall time; non-zero exit if any is invalid."""
+    from .sweep import estimate, plan
+
+    p = plan(_load_sweep(**kw))
+    spec_workers = p.sweep.launcher.get("workers", 1)  # a bad value is the launch's error to report
+    workers = workers or (spec_workers if isinstance(spec_workers, int) and spec_workers > 0 else 1)
+    cost = estimate(p, workers, probe=probe)
+    table = Table(title=f"sweep {p.sweep.name}: {len(p.jobs)} jobs under {p.sweep.runs_dir}")
+    for col in ("job", "state", "estimate", "from"):
+        table.add_column(col, no_wrap=col == "job", overflow="fold")
+    for j in p.jobs:
+        seconds, source = cost.seconds.get(j.job.out_dir, (None, ""))
+        state = "done" if j.job.out_dir not in cost.seconds else "[red]cannot run[/]" if j.problem else "to run"
+        table.add_row(escape(j.job.name), state, "" if state == "done" else _duration(seconds), source)
+    if p.jobs:
+        out.print(table)
+    _print_invalid(p)
+    sources = {s: sum(src == s for _, src in cost.seconds.values()) for s in ("recorded", "probe", "unknown")}
+    out.print(f"{len(cost.seconds)} to run: CPU time {_duration(cost.cpu_s)}, wall time {_duration(cost.wall_s)} "
+              f"with {workers} worker(s), at most (no early stop); estimates: {sources['recorded']} recorded (time/"
+              f"epoch_s of finished runs x epochs), {sources['probe']} probe (timed steps), {sources['unknown']} "
+              f"unknown", highlight=False, soft_wrap=True)
+    if not p.ok:
+        raise _not_ok(p)
+
+
+@sweep.command("launch")
+@_sweep_options
+@click.option("--launcher", "launcher_name", default=None, help="launcher name (default: the spec's, else local)")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="a launcher option (repeat), e.g. workers=2")
+@_fail_cleanly
+def sweep_launch(launcher_name: str | None, opts: tuple[str, ...], **kw: Any) -> None:
+    """Run the sweep's not-done jobs (done ones are skipped, partial ones resume); refuse if any is invalid."""
+    from .errors import ConfigError
+    from .sweep import launch, make_launcher, plan
+
+    p = plan(_load_sweep(**kw))
+    if not p.ok:
+        _print_invalid(p)
+        raise _not_ok(p, "; nothing was launched")
+    spec_opts = {k: v for k, v in p.sweep.launcher.items() if k != "name"}
+    name = launcher_name or p.sweep.launcher.get("name", "local")
+    bad = [o for o in opts if "=" not in o]
+    if bad:
+        raise ConfigError(f"--opt expects KEY=VALUE (e.g. workers=2), got {bad[0]!r}")
+    layers = [spec_opts if name == p.sweep.launcher.get("name", "local") else {}, dict(o.split("=", 1) for o in opts)]
+    lines = launch(p, make_launcher(name, layers), lambda line: out.print(escape(line), highlight=False))
+    counts: dict[str, int] = {}
+    for line in lines:
+        kind = ("already finished" if line.endswith("(already finished)") else "running elsewhere"
+                if line.startswith("running elsewhere") else line.split(" ", 1)[0])
+        counts[kind] = counts.get(kind, 0) + 1
+    out.print(f"sweep {p.sweep.name}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False,
+              soft_wrap=True)
+    for line in lines:
+        if line.startswith(("failed", "lost")):
+            err.print(escape(line), highlight=False, soft_wrap=True)
+    if counts.get("failed") or counts.get("lost") or counts.get("interrupted"):
+        sys.exit(1)
+
+
+@sweep.command("status")
+@_sweep_options
+@_fail_cleanly
+def sweep_status(**kw: Any) -> None:
+    """Count the sweep's jobs: done, running (lock held), failed (with reasons), interrupted, not started."""
+    from .sweep import STATES, plan, status
+
+    p = plan(_load_sweep(**kw))
+    rows = status(p)
+    counts = {s: sum(state == s for _, state, _ in rows) for s in STATES}
+    out.print(f"sweep {p.sweep.name} ({len(rows)} jobs under {p.sweep.runs_dir}): "
+              + ", ".join(f"{n} {s}" for s, n in counts.items()), highlight=False, soft_wrap=True)
+    for j, state, detail in rows:
+        if state == "failed":
+            out.print(f"failed {escape(j.job.name)}: {escape(detail)}", highlight=False, soft_wrap=True)
+    _print_invalid(p)
+
+
+@sweep.command("collect")
+@_sweep_options
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("leaderboards"), show_default=True,
+              help="write <dataset>.md and <dataset>.json here")
+@_fail_cleanly
+def sweep_collect(out_dir: Path, **kw: Any) -> None:
+    """Leaderboards of this sweep's finished jobs only, headed by the command that regenerates them."""
+    from .sweep import collect, plan, regenerate_command, status
+
+    p = plan(_load_sweep(**kw))
+    pending = [j.job.name for j, state, _ in status(p) if state != "done"]
+    if pending:
+        err.print(f"[yellow]warning:[/] {len(pending)} of {len(p.jobs)} jobs are not done (e.g. {escape(pending[0])}); "
+                  f"the tables hold the finished ones", highlight=False, soft_wrap=True)
+
+    def warn(skip: Any) -> None:
+        err.print(f"[yellow]warning:[/] skipped {escape(str(skip.path))}: {escape(skip.reason)}",
+                  highlight=False, soft_wrap=True)
+
+    for path in collect(p, out_dir, regenerate_command(p.sweep.source, out_dir), warn):
+        out.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

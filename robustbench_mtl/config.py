@@ -180,7 +180,13 @@ def resolve(spec: RunSpec) -> Resolved:
     ):
         raise ConfigError(f"algorithm '{spec.algorithm}' needs an auxiliary objective: pass --aux with one of "
                           f"{', '.join(auxiliary_choices(backbone, backbone_cls, info))}")
-    use = label_use(algo_cls, spec.algorithm, info)
+    algo_cls.check(spec.algorithm, info, tuple(objectives))
+    heads = [o for o, c in obj_classes.items() if c.provides_heads]
+    if heads and hparams["model"].head_norm > 0:
+        raise ConfigError(f"model.head_norm rescales the linear task heads, which objective '{heads[0]}' replaces "
+                          f"with its own; leave model.head_norm at 0")
+    env_objectives = {o: what for o, c in obj_classes.items() if (what := c.environment_use(hparams[o]))}
+    use = label_use(algo_cls, spec.algorithm, info, env_objectives)
     classes = {"dataset": data_cls, "backbone": backbone_cls, "algorithm": algo_cls,
                **{f"objective:{o}": c for o, c in obj_classes.items()}}
     return Resolved(spec, backbone, objectives, hparams, dataset, info, use, classes)

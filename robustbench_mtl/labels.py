@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 
@@ -32,15 +32,26 @@ class LabelUse:
                 "uses_environments": self.environments is not None, "environments": self.environments}
 
 
-def label_use(algo_cls: type, algo_name: str, info: DataInfo) -> LabelUse:
-    """The labels `algo_cls` sees on this dataset; an environment method with < 2 environments is an error.
+def label_use(algo_cls: type, algo_name: str, info: DataInfo,
+              env_objectives: Mapping[str, str] | None = None) -> LabelUse:
+    """The labels `algo_cls` (and the run's objectives) see on this dataset; an environment method with < 2
+    environments is an error.
 
     A dataset without declared environments gives environment methods its training groups instead
     (SubpopBench uses the spurious attribute's values), which makes them training-group-label users.
+    `env_objectives` maps each objective that reads environment ids with its hparams to what reads them
+    (`Objective.environment_use`): those need >= 2 declared training environments (no group fallback), and
+    then the whole run sees them, as when the algorithm declares `uses_environments`.
     """
     direct = bool(getattr(algo_cls, "uses_train_groups", False))
     envs: EnvSource | None = None
-    if getattr(algo_cls, "uses_environments", False):
+    for name, what in (env_objectives or {}).items():
+        present = sum(1 for c in info.train_env_counts if c > 0) if info.environment_names else 0
+        if present < 2:
+            raise ConfigError(f"objective '{name}' needs at least 2 training environments for {what}, but dataset "
+                              f"'{info.name}' declares {present}; use a dataset that declares training environments")
+        envs = "dataset"
+    if getattr(algo_cls, "uses_environments", False) and envs is None:
         envs = "dataset" if info.environment_names else "train_groups"
         names = info.environment_names if envs == "dataset" else info.group_names
         counts = info.train_env_counts if envs == "dataset" else info.train_group_counts

@@ -18,6 +18,7 @@ from .provenance import provenance
 from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, read_json,
                       rewrite_jsonl)
 from .loggers import check_loggers, with_loggers
+from .saliency import selected_rho_spur
 from .selection import select_all, selected_model_path
 from .trainer import Reporter, Trainer, assemble, build, evaluate
 
@@ -155,11 +156,15 @@ def _interrupted(trainer: Trainer, out: Path) -> Interrupted:
 def _final(trainer: Trainer, resumed: int | None, seconds: float) -> dict[str, Any]:
     records, t = trainer.records, trainer.t
     epochs_run = sum("phase" not in x for x in records)
+    selections = select_all(records, t.patience, trainer.out, trainer.algo.selectable)
+    # rho_spur of each protocol's selected model, into its entry (datasets that declare spurious regions only)
+    saliency = selected_rho_spur(trainer.algo, trainer.r.dataset, trainer.test, trainer.out, selections,
+                                 t.eval_batch_size)
     return {"status": "finished", "epochs_run": epochs_run,
             "stopped_early": trainer.stopped and epochs_run < t.epochs,  # a stop on the last epoch ends nothing early
             "selection_patience": t.patience, "resumed_from_epoch": resumed,
             "time_s_this_session": seconds,
-            "selections": select_all(records, t.patience, trainer.out, trainer.algo.selectable)}
+            "selections": selections, **({"saliency": saliency} if saliency is not None else {})}
 
 
 def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = None) -> RunResult:

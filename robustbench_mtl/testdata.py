@@ -10,6 +10,7 @@ import torch
 
 from .data._text import TextDataset, TextSource
 from .data.base import SPLITS, DataInfo, TensorSplit
+from .errors import ConfigError
 
 N, GROUPS, CLASSES, STEPS, BATCH = 64, 4, 2, 3, 16
 
@@ -40,9 +41,15 @@ class TinyText(TextDataset):
 
 
 def tiny_data(modality: str, seed: int = 0, backbone_cls: Any = None,
-              backbone_hp: Any = None) -> tuple[DataInfo, dict[str, TensorSplit]]:
+              backbone_hp: Any = None, tasks: int = 1) -> tuple[DataInfo, dict[str, TensorSplit]]:
     """64 examples per split, 4 groups (label x attribute), 2 classes: 2 features, 3x16x16 uint8 images, or
-    short sentences tokenised with `backbone_cls`'s tokenizer (text backbones only)."""
+    short sentences tokenised with `backbone_cls`'s tokenizer (text backbones only).
+
+    `tasks=2` (tabular and image): a second task `a`, the attribute, and 2 declared training environments
+    (alternate examples of each group), as a multi-task dataset with environments has."""
+    if tasks not in (1, 2) or (tasks == 2 and modality == "text"):
+        raise ConfigError(f"the tiny test data has 1 task, or 2 for tabular and image inputs; not {tasks} "
+                          f"for {modality}")
     if modality == "text":
         ds = TinyText()
         ds.use_tokenizer(backbone_cls.tokenizer_dir(backbone_hp, ds))
@@ -58,6 +65,12 @@ def tiny_data(modality: str, seed: int = 0, backbone_cls: Any = None,
             x = torch.randint(0, 60, (N, 3, 16, 16), generator=gen, dtype=torch.uint8)
             x[:, 1] += (150 * a).to(torch.uint8).view(N, 1, 1)
             x[y == 1, :, 5:11, 5:11] = 250
-        splits[split] = TensorSplit(x, {"y": y}, g, torch.zeros(N, dtype=torch.long))
-    return DataInfo(f"tiny_{modality}", modality, tuple(splits["train"].x.shape[1:]), {"y": CLASSES},
-                    tuple(f"g{i}" for i in range(GROUPS)), (N // GROUPS,) * GROUPS), splits
+        labels = {"y": y} if tasks == 1 else {"y": y, "a": a}
+        # Two tasks: environments alternate every GROUPS rows, so each environment holds every group.
+        e = torch.arange(N) // GROUPS % 2 if tasks == 2 else torch.zeros(N, dtype=torch.long)
+        splits[split] = TensorSplit(x, labels, g, e)
+    envs = () if tasks == 1 else ("e0", "e1")
+    return DataInfo(f"tiny_{modality}" + ("_mt" if tasks == 2 else ""), modality,
+                    tuple(splits["train"].x.shape[1:]), {t: CLASSES for t in splits["train"].y},
+                    tuple(f"g{i}" for i in range(GROUPS)), (N // GROUPS,) * GROUPS,
+                    envs, (N // 2,) * len(envs)), splits

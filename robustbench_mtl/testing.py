@@ -15,7 +15,7 @@ from .checkpoint import seed_everything
 from .config import ModelHParams, TrainHParams
 from .data.base import SPLITS, TensorSplit
 from .testdata import BATCH, STEPS, tiny_data
-from .errors import RobustbenchError
+from .errors import ConfigError, RobustbenchError
 from .hparams import build, check_declaration, fields_of
 from .labels import algorithm_info, label_use, train_view
 from .loaders import AuxStream, epoch_batches
@@ -74,20 +74,23 @@ class _Setup:
     """One algorithm + objectives + backbone on tiny data, built through `runner.assemble`, as runs are."""
 
     def __init__(self, algorithm: str, aux: tuple[str, ...], backbone: str, modality: str,
-                 backbone_hp: dict[str, Any] | None = None) -> None:
-        self.who = f"algorithm '{algorithm}' with aux {list(aux)} on backbone '{backbone}'"
+                 backbone_hp: dict[str, Any] | None = None, tasks: int = 1) -> None:
+        self.who = f"algorithm '{algorithm}' with aux {list(aux)} on backbone '{backbone}'" + (
+            f" with {tasks} tasks" if tasks > 1 else "")
         self.algo_cls = ALGORITHMS.get(algorithm)
         names = list(dict.fromkeys((*aux, *getattr(self.algo_cls, "extra_objectives", ()))))
         self.obj_classes = {o: OBJECTIVES.get(o) for o in names}
         self.backbone_cls = BACKBONES.get(backbone)
         self.backbone_hp = build(self.backbone_cls.HParams, "backbone", [backbone_hp or {}])
-        self.info, self.splits = tiny_data(modality, 0, self.backbone_cls, self.backbone_hp)
+        self.info, self.splits = tiny_data(modality, 0, self.backbone_cls, self.backbone_hp, tasks)
         self.backbone_cls.check(backbone, self.info)
         for o, c in self.obj_classes.items():
             c.check(o, backbone, self.backbone_cls, self.info)
+        self.algo_cls.check(algorithm, self.info, tuple(names))
         self.train_hp = TrainHParams(epochs=1, batch_size=BATCH, lr=1e-3, patience=0)
         # As the runner: the algorithm sees only the group and environment ids it declares a use of.
-        self.use = label_use(self.algo_cls, algorithm, self.info)
+        self.use = label_use(self.algo_cls, algorithm, self.info, {
+            o: what for o, c in self.obj_classes.items() if (what := c.environment_use(c.HParams()))})
         self.train = train_view(self.splits["train"], self.use)
 
     def build(self, seed: int) -> Any:
@@ -161,37 +164,51 @@ def _same(x: Any, y: Any, tol: float = 0.0) -> bool:
 
 
 @_contract
-def check_algorithm(name: str, aux: tuple[str, ...] = ()) -> None:
+def check_algorithm(name: str, aux: tuple[str, ...] = (), tasks: int | None = None) -> None:
     """Exercise algorithm `name` with `aux` (`recon` if it needs one and none is given), on `mlp`, a tiny ViT or
-    a tiny BERT, whichever reads what the objectives need."""
+    a tiny BERT, whichever reads what the objectives need. `tasks`: 1, or 2 (a second task and 2 declared
+    environments; not with text); by default 1, or 2 where the algorithm's `check` refuses one task."""
     cls = ALGORITHMS.get(name)
     _check_component("algorithm", name, cls)
     for flag in ("uses_train_groups", "uses_val_groups", "requires_auxiliary"):
         assert isinstance(getattr(cls, flag), bool), f"algorithm '{name}': {flag} must be a bool"
     aux = tuple(aux) or (("recon",) if cls.requires_auxiliary else ())
     if all("tabular" in OBJECTIVES.get(o).modalities for o in aux):
-        _Setup(name, aux, "mlp", "tabular").run()
+        args: tuple[Any, ...] = ("mlp", "tabular")
     elif all("image" in OBJECTIVES.get(o).modalities for o in aux):
-        _Setup(name, aux, "vit_tiny", "image", TINY_VIT).run()
+        args = ("vit_tiny", "image", TINY_VIT)
     else:
-        _Setup(name, aux, "bert_tiny", "text", TINY_BERT).run()
+        args = ("bert_tiny", "text", TINY_BERT)
+    if tasks is None:
+        try:
+            setup = _Setup(name, aux, *args)
+        except ConfigError:  # refuses a one-task dataset (e.g. gradient surgery between tasks): two tasks
+            setup = _Setup(name, aux, *args, tasks=2)
+    else:
+        setup = _Setup(name, aux, *args, tasks=tasks)
+    setup.run()
 
 
 @_contract
 def check_objective(name: str) -> None:
-    """Exercise objective `name` with ERM: tabular with `mlp` if it reads tables, else images with a tiny ViT."""
+    """Exercise objective `name` with ERM: tabular with `mlp` if it reads tables, else images with a tiny ViT;
+    on two tasks (and 2 declared environments) where the objective's `check` refuses one task."""
     cls = OBJECTIVES.get(name)
     _check_component("objective", name, cls)
     assert "weight" in {f.name for f in dataclasses.fields(cls.HParams)}, f"objective '{name}': HParams needs weight"
     base = {"auxiliary": AuxiliaryTask, "penalty": Penalty}.get(getattr(cls, "role", None))
     assert base is not None and issubclass(cls, base), f"objective '{name}': subclass AuxiliaryTask or Penalty"
     if "tabular" in cls.modalities and not cls.needs_masking:
-        setup = _Setup("erm", (name,), "mlp", "tabular")
+        args: tuple[Any, ...] = ("mlp", "tabular")
     elif "image" in cls.modalities:
-        setup = _Setup("erm", (name,), "vit_tiny", "image", TINY_VIT)
+        args = ("vit_tiny", "image", TINY_VIT)
     else:
         assert "text" in cls.modalities, f"objective '{name}': only tabular, image and text objectives can be checked"
-        setup = _Setup("erm", (name,), "bert_tiny", "text", TINY_BERT)
+        args = ("bert_tiny", "text", TINY_BERT)
+    try:
+        setup = _Setup("erm", (name,), *args)
+    except ConfigError:  # refuses a one-task dataset (e.g. mtcrl's routing between tasks): two tasks
+        setup = _Setup("erm", (name,), *args, tasks=2)
     algo = setup.build(seed=0)
     out = algo.model(setup.train.inputs(slice(0, BATCH)))
     if base is AuxiliaryTask:

@@ -92,6 +92,11 @@ def test_dataset(name: str, tmp_path: Path) -> None:
 
         write_fixture(tmp_path / "multinli")
         testing.check_dataset(name, root=str(tmp_path))
+    elif name == "multi_mnist":
+        from test_multi_mnist import SMALL, write_fixture as write_mnist
+
+        write_mnist(tmp_path)
+        testing.check_dataset(name, root=str(tmp_path), **SMALL)
     else:
         testing.check_dataset(name)
 

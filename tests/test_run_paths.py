@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from robustbench_mtl.algorithms.base import Algorithm
 from robustbench_mtl.cli import main
 from robustbench_mtl.config import RunSpec
-from robustbench_mtl.errors import ConfigError, Interrupted, RunFailedError
+from robustbench_mtl.errors import Interrupted, RunFailedError
 from robustbench_mtl.registry import ALGORITHMS
 from robustbench_mtl.results import TIMING_KEYS, read_jsonl
 from robustbench_mtl.runner import Reporter, run

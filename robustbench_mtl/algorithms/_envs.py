@@ -54,13 +54,10 @@ class AnnealedPenalty(Algorithm, abc.ABC):
         out = self.model(batch.x)
         risk, penalty = self.penalty_terms(out, batch)
         lam = self.penalty_lambda()
-        total = risk + lam * penalty
-        terms = self.objective_terms(batch, aux_batch, out)
-        for name, term in terms.items():
-            total = total + self.model.objectives[name].weight * term
+        total, parts = self.with_objectives(risk + lam * penalty, batch, aux_batch, out)
         if self.hparams.rescale and lam > 1:  # keeps the gradient scale comparable before and after annealing
             total = total / lam
-        return total, {"loss_task": risk, self.penalty_key: penalty, **{f"loss_{n}": t for n, t in terms.items()}}
+        return total, {"loss_task": risk, self.penalty_key: penalty, **parts}
 
     def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
         h = self.hparams

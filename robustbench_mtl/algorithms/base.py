@@ -60,6 +60,11 @@ class Algorithm(nn.Module):
         self._optimizer: torch.optim.Optimizer | None = None
         self._scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
+    @classmethod
+    def check(cls, name: str, info: DataInfo, objectives: tuple[str, ...]) -> None:
+        """Raise ConfigError (one line) if this algorithm cannot run on this dataset with these objectives
+        (e.g. gradient surgery on a one-task dataset); called when the run resolves, before anything is written."""
+
     # -- optimization --------------------------------------------------------------------
     def optimized_parameters(self) -> Iterator[nn.Parameter]:
         """What the main optimizer updates: every trainable parameter of this module, i.e. the model's and
@@ -195,27 +200,37 @@ class Algorithm(nn.Module):
                 terms[name], passes = obj.loss(self.model, aux_batch, out)
                 reps.update({f"{name}/{i}": p for i, p in enumerate(passes)})
         for name, obj in self.model.objectives.items():
-            if isinstance(obj, Penalty):
-                terms[name] = obj.loss(reps)
+            if isinstance(obj, Penalty):  # mtcrl's G-IRM also reads the batch's labels and environments
+                terms[name] = obj.batch_loss(reps, batch, self.total_steps)
         return terms
+
+    def with_objectives(self, total: Tensor, batch: Batch, aux_batch: Batch | None,
+                        out: Outputs) -> tuple[Tensor, dict[str, Tensor]]:
+        """`total` plus each objective's weighted term, and the unweighted terms as `loss_<name>` parts."""
+        terms = self.objective_terms(batch, aux_batch, out)
+        for name, term in terms.items():
+            total = total + self.model.objectives[name].weight * term
+        return total, {f"loss_{n}": t for n, t in terms.items()}
 
     def compute_loss(self, batch: Batch, aux_batch: Batch | None) -> tuple[Tensor, dict[str, Tensor]]:
         """The total loss of one step and its parts (unweighted objective terms)."""
         out = self.model(batch.x)
         task = self.aggregate(self.task_losses(out, batch), batch)
-        terms = self.objective_terms(batch, aux_batch, out)
-        total = task
-        for name, term in terms.items():
-            total = total + self.model.objectives[name].weight * term
-        return total, {"loss_task": task, **{f"loss_{n}": t for n, t in terms.items()}}
+        total, parts = self.with_objectives(task, batch, aux_batch, out)
+        return total, {"loss_task": task, **parts}
 
     def step(self, total: Tensor) -> None:
-        """Backward, clip, optimizer and schedule step, post-step projections."""
+        """Backward, clip, optimizer and schedule step, post-step projections. The loss is divided by the
+        objectives' `loss_divisor` (an annealed weight > 1), and the optimizer's moments are cleared where an
+        objective's anneal switches (`restarts_optimizer`), as IRM does for its own penalty."""
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        divisor = self.model.loss_divisor()
+        (total / divisor if divisor != 1 else total).backward()
         if self.train_hp.grad_clip > 0:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             nn.utils.clip_grad_norm_(params, self.train_hp.grad_clip)
+        if self.model.restarts_optimizer():  # the loss's scale jumps: stale moments would mis-scale steps
+            self.optimizer.state.clear()
         self.optimizer.step()
         self.scheduler.step()
         self.model.post_step()

@@ -28,8 +28,9 @@ class IRMHParams:
 def irm_terms(logits: dict[str, Tensor], y: dict[str, Tensor], e: Tensor) -> tuple[Tensor, Tensor]:
     """(mean_e R^e, mean_e P^e) with P^e = sum_t (d/dw R^e_t(w * logits_t) at w = 1)^2.
 
-    One dummy scale per task (docs/methods.md#irm, multi-task use [RECON]); R^e is the mean over env e's examples of
-    the per-example loss summed over tasks (missing labels count 0), as `Algorithm.task_losses`.
+    One dummy scale per task on that task's logits (docs/methods.md#irm, multi-task use [RECON]), so the penalty is
+    sum_t mean_e P_{t,e}; R^e is the mean over env e's examples of the per-example loss summed over tasks (missing
+    labels count 0), as `Algorithm.task_losses`. With one task this is IRMv1 exactly.
     """
     device = next(iter(logits.values())).device
     scales = [torch.ones((), device=device, requires_grad=True) for _ in logits]

@@ -29,6 +29,9 @@ class Objective(nn.Module, abc.ABC):
     role: ClassVar[Literal["auxiliary", "penalty"]]
     modalities: ClassVar[tuple[str, ...]] = ("tabular", "image", "text")
     needs_masking: ClassVar[bool] = False
+    # True: `task_logits` replaces the model's linear task heads (prediction and end-task loss); at most one
+    # objective of a run may provide heads.
+    provides_heads: ClassVar[bool] = False
 
     def __init__(self, hparams: Any, backbone: Backbone, info: DataInfo) -> None:
         super().__init__()
@@ -53,6 +56,27 @@ class Objective(nn.Module, abc.ABC):
                 f"objective '{name}' needs a backbone with patch masking, and '{backbone_name}' has none; "
                 f"use a ViT backbone such as --backbone vit_tiny or vit_b16"
             )
+
+    @classmethod
+    def environment_use(cls, hparams: Any) -> str | None:
+        """What of this objective reads training environment ids (`batch.e`) with these hparams, in words for
+        error messages, or None. Not None: the run needs >= 2 declared training environments and then every
+        component sees them (labels.label_use; config.json's `algorithm_flags.uses_environments`)."""
+        return None
+
+    def task_logits(self, out: Outputs) -> dict[str, Tensor]:
+        """Logits per task from the end-task pass, for objectives with `provides_heads`."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide task heads")
+
+    def loss_divisor(self) -> float:
+        """Divide this step's whole loss by this (an annealed penalty weight > 1, as IRM rescales); 1 = no
+        change. Read in `Algorithm.step`, after this step's `objective_terms`."""
+        return 1.0
+
+    def restarts_optimizer(self) -> bool:
+        """True on the step whose loss scale jumps (an anneal switch): `Algorithm.step` clears the optimizer's
+        moments before stepping, as IRM does at its anneal step. Read after this step's `objective_terms`."""
+        return False
 
     def post_step(self) -> None:
         """Called after every optimizer step (e.g. to project decoder weights)."""
@@ -79,3 +103,8 @@ class Penalty(Objective):
     @abc.abstractmethod
     def loss(self, reps: dict[str, Outputs]) -> Tensor:
         """Unweighted penalty over the representations, keyed by pass ('end', 'simclr/0', ...)."""
+
+    def batch_loss(self, reps: dict[str, Outputs], batch: Batch, total_steps: int) -> Tensor:
+        """What the algorithms add each step: `loss(reps)`, unless a penalty also reads the end-task batch
+        (labels, environment ids; hidden ids are -1) or the schedule's length `total_steps`."""
+        return self.loss(reps)
