@@ -508,7 +508,8 @@ def _not_ok(p: Any, then: str = "") -> Any:
 @_fail_cleanly
 def sweep_plan(workers: int | None, probe: bool, **kw: Any) -> None:
     """List the jobs, flag invalid ones, and estimate CPU and wall time; non-zero exit if any is invalid."""
-    from .sweep import estimate, plan
+    from .sweep import plan
+    from .sweep_cost import estimate
 
     p = plan(_load_sweep(**kw))
     spec_workers = p.sweep.launcher.get("workers", 1)  # a bad value is the launch's error to report

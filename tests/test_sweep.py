@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from robustbench_mtl import sweep, sweep_spec
+from robustbench_mtl import sweep, sweep_cost, sweep_spec
 from robustbench_mtl.cli import main
 from robustbench_mtl.config import RunSpec, resolve
 from robustbench_mtl.errors import ConfigError
@@ -212,7 +212,7 @@ def test_estimates_say_whether_recorded_or_probed(tmp_path: Path) -> None:
                                                   methods='["erm", "erm_l1"]', seeds="[0, 1]")))
     p = sweep.plan(s)
     run(p.jobs[0].job.spec, p.jobs[0].job.out_dir)  # erm seed 0 finished: its epoch times are on record
-    cost = sweep.estimate(p, workers=2)
+    cost = sweep_cost.estimate(p, workers=2)
     sources = {p.jobs[i].method: cost.seconds[p.jobs[i].job.out_dir][1] for i in (1, 2)}
     assert p.jobs[0].job.out_dir not in cost.seconds and sources == {"erm": "recorded", "erm_l1": "probe"}
     assert all(sec is not None and sec > 0 for sec, _ in cost.seconds.values())
@@ -222,7 +222,7 @@ def test_estimates_say_whether_recorded_or_probed(tmp_path: Path) -> None:
 
 
 def test_makespan_places_longest_first() -> None:
-    assert sweep.makespan([4, 3, 3, 2], 2) == 6 and sweep.makespan([5], 3) == 5 and sweep.makespan([], 2) == 0
+    assert sweep_cost.makespan([4, 3, 3, 2], 2) == 6 and sweep_cost.makespan([5], 3) == 5 and sweep_cost.makespan([], 2) == 0
 
 
 def test_launcher_options_are_checked_like_hparams() -> None:
