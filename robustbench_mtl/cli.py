@@ -343,9 +343,12 @@ def _warn_skipped(skip: Any) -> None:
               help='paired comparison A - B over shared seeds, e.g. --compare "mt_l1 + simclr" erm')
 @click.option("--protocol", default=None, help="with --compare: only this selection protocol (name or label)")
 @click.option("--dataset", default=None, help="with --compare: only this dataset")
+@click.option("--split-by", "split_by", multiple=True, metavar="SCOPE.FIELD",
+              help="runs that differ in this hparam are separate rows (e.g. mtcrl.girm); repeatable")
 @_fail_cleanly
 def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool, fmt: str | None, reported: bool,
-                compare: tuple[str, str] | None, protocol: str | None, dataset: str | None) -> None:
+                compare: tuple[str, str] | None, protocol: str | None, dataset: str | None,
+                split_by: tuple[str, ...]) -> None:
     """Leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR.
 
     A damaged run directory (unreadable config.json or final.json) is skipped with a warning on stderr."""
@@ -353,7 +356,8 @@ def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool, fmt: str | 
     from .errors import ConfigError
 
     if compare:
-        result = lb.compare_methods(runs_dir, *compare, protocol=protocol, dataset=dataset, warn=_warn_skipped)
+        result = lb.compare_methods(runs_dir, *compare, protocol=protocol, dataset=dataset, warn=_warn_skipped,
+                                    split_by=split_by)
         if as_json:
             _print_json(result)
         else:
@@ -365,10 +369,10 @@ def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool, fmt: str | 
         raise ConfigError("--protocol and --dataset select what --compare compares; add --compare A B")
     if out_dir is None:
         click.echo(lb.leaderboard_text(runs_dir, fmt or ("json" if as_json else "md"), _warn_skipped,
-                                       reported=reported))
+                                       reported=reported, split_by=split_by))
         return
     for path in lb.write_leaderboards(runs_dir, out_dir, _warn_skipped, formats=fmt or lb.DEFAULT_FORMATS,
-                                      reported=reported):
+                                      reported=reported, split_by=split_by):
         out.print(f"wrote {path}")
 
 

@@ -14,6 +14,7 @@ from . import checkpoint as ckpt
 from .backbones.base import BACKBONE_FILE, BACKBONE_META
 from .config import Resolved, RunSpec, resolve
 from .errors import ConfigError, Interrupted, RunFailedError
+from .fit import selected_train_metrics
 from .provenance import provenance
 from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, read_json,
                       rewrite_jsonl)
@@ -160,11 +161,14 @@ def _final(trainer: Trainer, resumed: int | None, seconds: float) -> dict[str, A
     # rho_spur of each protocol's selected model, into its entry (datasets that declare spurious regions only)
     saliency = selected_rho_spur(trainer.algo, trainer.r.dataset, trainer.test, trainer.out, selections,
                                  t.eval_batch_size)
+    fit = selected_train_metrics(trainer.algo.model, trainer.train, trainer.out, selections,
+                                 lambda split: evaluate(trainer.algo, split, "train", trainer.r))
     return {"status": "finished", "epochs_run": epochs_run,
             "stopped_early": trainer.stopped and epochs_run < t.epochs,  # a stop on the last epoch ends nothing early
             "selection_patience": t.patience, "resumed_from_epoch": resumed,
             "time_s_this_session": seconds,
-            "selections": selections, **({"saliency": saliency} if saliency is not None else {})}
+            "selections": selections, "train_metrics": fit,
+            **({"saliency": saliency} if saliency is not None else {})}
 
 
 def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = None) -> RunResult:

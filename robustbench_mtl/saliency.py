@@ -13,7 +13,7 @@ from torch import Tensor
 from .data._pairs import region_mask
 from .data.base import TensorSplit
 from .errors import ConfigError
-from .selection import selected_model_path
+from .selection import on_selected_models
 
 # At most this many examples of a split (a fixed subset, the same for every run on the same data), so the
 # cost after training is bounded whatever the split's size; multidigits' default test split (2000) fits whole.
@@ -119,10 +119,6 @@ def rho_spur(algo: Any, split: TensorSplit, masks: dict[str, Tensor], batch_size
     return rho, counts
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 @torch.no_grad()
 def selected_rho_spur(algo: Any, dataset: Any, split: TensorSplit, out: Path, selections: dict[str, Any],
                       batch_size: int, split_name: str = "test") -> dict[str, Any] | None:
@@ -135,26 +131,14 @@ def selected_rho_spur(algo: Any, dataset: Any, split: TensorSplit, out: Path, se
     if not masks:
         return None
     t0 = time.perf_counter()
-    own = {k: v.detach().clone() for k, v in algo.model.state_dict().items()}
-    done: dict[tuple[Any, Any], dict[str, float | None]] = {}
-    counts: dict[str, int] = {}
     info: dict[str, Any] = {"split": split_name, "max_examples": MAX_EXAMPLES, "subset_seed": SUBSET_SEED}
+    counts: dict[str, int] = {}
     try:
-        for name, entry in selections.items():
-            path = selected_model_path(out, name)
-            if not path.exists():
-                continue
-            key = (entry.get("phase"), entry.get("epoch"))  # one record, one set of weights
-            if key not in done:
-                algo.model.load_state_dict(torch.load(path, map_location=_device(algo.model), weights_only=True))
-                done[key], counts = rho_spur(algo, split, masks, batch_size)
-            entry["saliency"] = {f"{split_name}/rho_spur/{t}": v for t, v in done[key].items()}
+        measured = on_selected_models(algo.model, out, selections, lambda: rho_spur(algo, split, masks, batch_size))
     except SaliencyUnavailable as exc:
-        for entry in selections.values():
-            entry.pop("saliency", None)
-        info["unavailable"] = str(exc)
-    finally:
-        algo.model.load_state_dict(own)
+        return {**info, "unavailable": str(exc), "examples": counts, "time_s": time.perf_counter() - t0}
+    for name, (rho, counts) in measured.items():
+        selections[name]["saliency"] = {f"{split_name}/rho_spur/{t}": v for t, v in rho.items()}
     return {**info, "examples": counts, "time_s": time.perf_counter() - t0}
 
 

@@ -2,16 +2,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
 
 from .registry import SELECTIONS
 from .results import atomic_torch_save
 
 
+T = TypeVar("T")
+
+
 def selected_model_path(out: Path, protocol: str) -> Path:
     return Path(out) / "selected" / f"{protocol}.pt"
+
+
+@torch.no_grad()
+def on_selected_models(model: nn.Module, out: Path, selections: dict[str, Any], measure: Callable[[], T]) -> dict[str, T]:
+    """`measure()` with `model` holding each protocol's selected weights (selected/<protocol>.pt), per protocol
+    that saved some; protocols that chose the same record share one measurement. `model` holds its own
+    weights again afterwards, also when `measure` raises."""
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    device = next(model.parameters()).device
+    done: dict[tuple[Any, Any], T] = {}
+    results: dict[str, T] = {}
+    try:
+        for name, entry in selections.items():
+            path = selected_model_path(out, name)
+            if not path.exists():
+                continue
+            key = (entry.get("phase"), entry.get("epoch"))  # one record, one set of weights
+            if key not in done:
+                model.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+                done[key] = measure()
+            results[name] = done[key]
+    finally:
+        model.load_state_dict(own)
+    return results
 
 
 def _split_view(record: dict[str, Any], split: str) -> dict[str, Any]:

@@ -263,7 +263,8 @@ def collect(p: Plan, out_dir: Path, command: str | None = None, warn: Any = None
     """Leaderboards of this sweep's finished jobs only (not of everything else under its runs_dir)."""
     from .leaderboard import write_leaderboards
 
-    return write_leaderboards(p.sweep.runs_dir, out_dir, warn, only=p.dirs(), command=command)
+    return write_leaderboards(p.sweep.runs_dir, out_dir, warn, only=p.dirs(), command=command,
+                              split_by=p.sweep.split_by)
 
 
 def regenerate_command(source: str, out_dir: Path) -> str:

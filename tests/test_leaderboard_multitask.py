@@ -131,3 +131,60 @@ def test_erm_without_a_shared_seed_is_a_dash_saying_so(tmp_path: Path) -> None:
     rows = lb.collect_rows(tmp_path)
     assert _row(rows, "stl")["delta_m_note"].startswith("no seed shared with erm's selected configuration")
     assert "- [Δ1] no seed shared with erm's" in lb.render_markdown(rows, "multidigits")
+
+
+def _variant(root: Path, name: str, seed: int, girm: str, accs: tuple[float, float]) -> Path:
+    """An `erm + mtcrl` run whose mtcrl.girm is `girm` (its config's hparams and identity say so)."""
+    out = mt_run(root, "erm", seed, accs, None)
+    out = out.rename(root / name)
+    config = json.loads((out / "config.json").read_text())
+    config["spec"]["aux"], config["objectives"] = ["mtcrl"], ["mtcrl"]
+    for where in (config, config["identity"]):
+        where["hparams"]["mtcrl"] = {"girm": girm, "weight": 1.0}
+    config["identity"]["aux"] = ["mtcrl"]
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def test_split_by_makes_each_hparam_value_a_row_of_its_own(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        _variant(tmp_path, f"var-{seed}", seed, "var", (0.9, 0.5))
+        _variant(tmp_path, f"none-{seed}", seed, "none", (0.6, 0.4))
+    # Without split_by the two values are two configurations of one method, and selection keeps the better one.
+    (merged,) = {r["method"] for r in lb.collect_rows(tmp_path)}
+    assert merged == "erm + mtcrl"
+    rows = lb.scan_rows(tmp_path, split_by=("mtcrl.girm",))[0]
+    var, none = _row(rows, "erm + mtcrl [mtcrl.girm=var]"), _row(rows, "erm + mtcrl [mtcrl.girm=none]")
+    assert var["test_task_acc"]["right"]["mean"] == pytest.approx(0.5)
+    assert none["test_task_acc"]["left"]["mean"] == pytest.approx(0.6)
+    assert var["n_configurations"] == none["n_configurations"] == 1
+    md = lb.leaderboard_markdown(tmp_path, split_by=("mtcrl.girm",))
+    assert "erm + mtcrl [mtcrl.girm=none]" in md
+
+
+@pytest.mark.parametrize("key", ["mtcrl.grim", "girm", "mtcrl."])
+def test_split_by_a_key_no_run_has_is_one_error(tmp_path: Path, key: str) -> None:
+    from robustbench_mtl.errors import ConfigError
+
+    _variant(tmp_path, "var-0", 0, "var", (0.9, 0.5))
+    with pytest.raises(ConfigError, match="split-by key") as info:
+        lb.scan_rows(tmp_path, split_by=(key,))
+    assert "\n" not in str(info.value)
+
+
+def test_validation_and_training_accuracy_per_task(tmp_path: Path) -> None:
+    out = mt_run(tmp_path, "erm", 0, (0.8, 0.6), None)
+    final = json.loads((out / "final.json").read_text())
+    for entry in final["selections"].values():
+        entry["val"].update({"avg_acc/left": 0.95, "avg_acc/right": 0.85})
+        entry["train"] = {"avg_acc/left": 1.0, "avg_acc/right": 0.97}
+    (out / "final.json").write_text(json.dumps(final))
+    mt_run(tmp_path, "stl", 0, (0.8, 0.6), None)  # older runs without `train`: None, not an error
+    rows = lb.collect_rows(tmp_path)
+    erm, stl = _row(rows, "erm"), _row(rows, "stl")
+    assert erm["val_task_acc"]["left"]["mean"] == pytest.approx(0.95)
+    assert erm["train_task_acc"]["right"]["mean"] == pytest.approx(0.97)
+    assert stl["train_task_acc"] is None
+    text = lb.leaderboard_text(tmp_path, "csv")
+    record = next(r for r in csv.DictReader(io.StringIO(text)) if r["method"] == "erm")
+    assert float(record["train_acc_right_mean"]) == pytest.approx(0.97)

@@ -189,3 +189,22 @@ def test_final_json_fields_after_a_real_multidigits_run(tmp_path: Path) -> None:
     rho, _ = rho_spur(algo, r.dataset.load()["test"], MASKS)
     assert final["selections"]["val_avg"]["saliency"] == {f"test/rho_spur/{t}": pytest.approx(v, rel=1e-6)
                                                           for t, v in rho.items()}
+
+
+def test_train_metrics_of_the_selected_model_on_a_fixed_training_subset(tmp_path: Path) -> None:
+    from robustbench_mtl.trainer import evaluate
+
+    spec = RunSpec("synthetic", "erm", threads=1, overrides=("train.epochs=2", "data.n_train=2400"))
+    out = tmp_path / "r"
+    final = run(spec, out).final
+    assert final["train_metrics"] == {"split": "train", "max_examples": MAX_EXAMPLES, "examples": MAX_EXAMPLES}
+    r = resolve(spec)
+    algo = build(r, torch.device("cpu"), 1)
+    algo.model.load_state_dict(torch.load(out / "selected" / "val_avg.pt", weights_only=True))
+    train = r.dataset.load()["train"]
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:MAX_EXAMPLES].sort().values
+    expected = evaluate(algo, train.subset(idx), "train", r)
+    entry = final["selections"]["val_avg"]
+    assert entry["train"]["avg_acc"] == pytest.approx(expected["train/avg_acc"], rel=1e-6)
+    # erm sees no training groups: no group metrics rather than nulls
+    assert "worst_group_acc" not in entry["train"] and "worst_class_acc" in entry["train"]

@@ -237,3 +237,10 @@ def test_launcher_options_are_checked_like_hparams() -> None:
     assert devices("none") == [] and devices("0,2") == ["cuda:0", "cuda:2"]
     with pytest.raises(ConfigError, match="launcher.gpus"):
         devices("two")
+
+
+def test_split_by_is_read_from_the_spec_and_checked() -> None:
+    spec = sweep_spec.parse({"datasets": ["synthetic"], "methods": ["erm"], "split_by": ["l1.weight"]})
+    assert spec.split_by == ("l1.weight",)
+    with pytest.raises(ConfigError, match="split_by key 'weight' must look like scope.field"):
+        sweep_spec.parse({"datasets": ["synthetic"], "methods": ["erm"], "split_by": ["weight"]})

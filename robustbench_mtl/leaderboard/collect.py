@@ -5,7 +5,7 @@ import copy
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Sequence
 
 import pandas as pd
 
@@ -18,10 +18,32 @@ from .select import plural, protocol_order, summarise
 Warn = Callable[[SkippedRun], None]
 
 
-def _method(config: dict[str, Any]) -> str:
-    """The algorithm with its --aux objectives; its own extra objectives (l1 of *_l1) are in its name."""
+def _method(config: dict[str, Any], split_by: Sequence[str] = ()) -> str:
+    """The algorithm with its --aux objectives (its own extra objectives, l1 of *_l1, are in its name), and the
+    values of the `split_by` hparams the run has: `erm + mtcrl [mtcrl.girm=var]`. Runs that differ in those
+    values are separate methods (rows), not configurations that selection chooses between."""
     aux = config["spec"].get("aux") or []
-    return " + ".join([config["spec"]["algorithm"], *[o for o in config["objectives"] if o in aux]])
+    name = " + ".join([config["spec"]["algorithm"], *[o for o in config["objectives"] if o in aux]])
+    hparams = _obj(config, "hparams")
+    found = [(key, _obj(hparams, key.partition(".")[0])) for key in split_by]
+    parts = [f"{key}={_text(fields[key.partition('.')[2]])}" for key, fields in found
+             if key.partition(".")[2] in fields]
+    return f"{name} [{', '.join(parts)}]" if parts else name
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_split_by(split_by: Sequence[str], bases: list[dict[str, Any]]) -> None:
+    """Each split_by key is `scope.field` and some collected run has it (else it is a typo: one line)."""
+    for key in split_by:
+        scope, _, field = key.partition(".")
+        if not scope or not field or "." in field:
+            raise ConfigError(f"split-by key {key!r} must look like scope.field (e.g. mtcrl.girm)")
+        if bases and not any(f"{key}=" in b["method"] for b in bases):
+            raise ConfigError(f"split-by key {key!r}: no collected run has this hparam; `robustbench-mtl show` "
+                              f"lists a component's hparams")
 
 
 def _config_key(config: dict[str, Any]) -> tuple[str, int]:
@@ -63,12 +85,12 @@ def _provenance(config: dict[str, Any]) -> dict[str, Any]:
     return {f"prov_{k}": v if isinstance(v, (str, bool)) else None for k, v in found.items()}
 
 
-def _run_base(runs_dir: Path, run: RunRecord) -> dict[str, Any]:
+def _run_base(runs_dir: Path, run: RunRecord, split_by: Sequence[str] = ()) -> dict[str, Any]:
     """What one run contributes to every protocol's record (config.json's shape is checked by scan_runs)."""
     cfg = run.config
     key, seed = _config_key(cfg)
     fingerprint = _obj(cfg, "data").get("fingerprint")
-    return {"dataset": cfg["spec"]["data"], "method": _method(cfg), "backbone": _backbone(cfg),
+    return {"dataset": cfg["spec"]["data"], "method": _method(cfg, split_by), "backbone": _backbone(cfg),
             "config_key": key, "seed": seed, "run": run.path.relative_to(runs_dir).as_posix(),
             "uses_train_groups": cfg["algorithm_flags"]["uses_train_groups"],
             "algorithm_uses_val_groups": cfg["algorithm_flags"]["uses_val_groups"],
@@ -105,30 +127,33 @@ def _run_counts(bases: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[
     return {k: {"n_run_dirs": n, "n_distinct_runs": len(distinct[k])} for k, n in dirs.items()}
 
 
-def _scan(runs_dir: Path, only: Collection[Path] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                                   list[SkippedRun]]:
-    """(run bases, per-protocol records, skipped runs) of the finished runs under runs_dir (or in `only`)."""
+def _scan(runs_dir: Path, only: Collection[Path] | None,
+          split_by: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[SkippedRun]]:
+    """(run bases, per-protocol records, skipped runs) of the finished runs under runs_dir (or in `only`),
+    methods split by the `split_by` hparams (see `_method`)."""
     runs, skipped = scan_runs(runs_dir)
     if only is not None:
         keep = {Path(d).resolve() for d in only}
         runs = [r for r in runs if r.path.resolve() in keep]
         skipped = [s for s in skipped if s.path.resolve() in keep]
-    bases = [_run_base(runs_dir, run) for run in runs]
+    bases = [_run_base(runs_dir, run, split_by) for run in runs]
+    check_split_by(split_by, bases)
     return bases, [rec for base, run in zip(bases, runs) for rec in _run_records(base, run.final)], skipped
 
 
-def run_records(runs_dir: Path, only: Collection[Path] | None = None) -> pd.DataFrame:
+def run_records(runs_dir: Path, only: Collection[Path] | None = None, split_by: Sequence[str] = ()) -> pd.DataFrame:
     """Every usable (run, protocol) record under runs_dir, duplicates included (e.g. for hparam plots):
     the test metrics at the protocol's epoch (`wg`, `avg`), its selection `score`, and `config_key`."""
-    return pd.DataFrame(_scan(Path(runs_dir), only)[1])
+    return pd.DataFrame(_scan(Path(runs_dir), only, split_by)[1])
 
 
-def scan_rows(runs_dir: Path, only: Collection[Path] | None = None) -> tuple[list[dict[str, Any]], list[SkippedRun]]:
+def scan_rows(runs_dir: Path, only: Collection[Path] | None = None,
+              split_by: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[SkippedRun]]:
     """(rows, skipped): one row per (dataset, method, backbone, selection protocol) over the usable
     finished runs under runs_dir (only the run directories in `only`, when given: e.g. one sweep's jobs),
     and the damaged run directories left out with the reason."""
     runs_dir = Path(runs_dir)
-    bases, records, skipped = _scan(runs_dir, only)
+    bases, records, skipped = _scan(runs_dir, only, split_by)
     if not records:
         return [], skipped
     counts = _run_counts(bases)
@@ -146,15 +171,15 @@ def collect_rows(runs_dir: Path) -> list[dict[str, Any]]:
     return scan_rows(runs_dir)[0]
 
 
-def checked_rows(runs_dir: Path, warn: Warn | None = None,
-                 only: Collection[Path] | None = None) -> list[dict[str, Any]]:
+def checked_rows(runs_dir: Path, warn: Warn | None = None, only: Collection[Path] | None = None,
+                 split_by: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows, or a ConfigError saying why there are none and what to do. Each damaged run directory that
     was skipped is passed to `warn` (before any error, so the caller can say why runs are missing)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ConfigError(f"runs directory {runs_dir} does not exist; pass the directory the runs were written "
                           f"under (by default ./runs)")
-    rows, skipped = scan_rows(runs_dir, only)
+    rows, skipped = scan_rows(runs_dir, only, split_by)
     for skip in skipped if warn is not None else []:
         warn(skip)
     if not rows:

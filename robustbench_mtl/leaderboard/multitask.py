@@ -22,15 +22,20 @@ def _number(value: Any) -> float | None:
     return float(value) if ok else None
 
 
+def _view(entry: dict[str, Any], key: str) -> dict[str, Any]:
+    value = entry.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def entry_task_values(entry: dict[str, Any], tasks: list[str] | None) -> dict[str, Any]:
-    """From one final.json selections entry: test accuracy and ρ_spur per task (None where absent)."""
+    """From one final.json selections entry: test, validation and training-subset accuracy and ρ_spur per task
+    (None where absent: `train` is missing from runs made before it was measured)."""
     if not tasks:
-        return {"task_acc": None, "rho": None}
-    test, saliency = entry.get("test"), entry.get("saliency")
-    test = test if isinstance(test, dict) else {}
-    saliency = saliency if isinstance(saliency, dict) else {}
-    return {"task_acc": {t: _number(test.get(f"avg_acc/{t}")) for t in tasks},
-            "rho": {t: _number(saliency.get(f"test/rho_spur/{t}")) for t in tasks}}
+        return {"task_acc": None, "val_task_acc": None, "train_task_acc": None, "rho": None}
+    accs = {f"{prefix}task_acc": {t: _number(_view(entry, split).get(f"avg_acc/{t}")) for t in tasks}
+            for prefix, split in (("", "test"), ("val_", "val"), ("train_", "train"))}
+    saliency = _view(entry, "saliency")
+    return {**accs, "rho": {t: _number(saliency.get(f"test/rho_spur/{t}")) for t in tasks}}
 
 
 def _stats(per_seed: list[float | None]) -> dict[str, Any]:

@@ -48,9 +48,11 @@ def _csv_record(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def _task_record(r: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
-    """A multi-task dataset's extra columns: per task test accuracy and ρ_spur (mean, std), and Δm."""
+    """A multi-task dataset's extra columns: per task test, validation and training-subset accuracy and ρ_spur
+    (mean, std), and Δm."""
     out: dict[str, Any] = {}
-    for name, field in (("test_acc", "test_task_acc"), ("rho_spur", "test_rho_spur")):
+    for name, field in (("test_acc", "test_task_acc"), ("val_acc", "val_task_acc"), ("train_acc", "train_task_acc"),
+                        ("rho_spur", "test_rho_spur")):
         for t in tasks:
             stats = (r[field] or {}).get(t) or {}
             out.update({f"{name}_{t}_mean": stats.get("mean"), f"{name}_{t}_std": stats.get("std")})

@@ -21,7 +21,8 @@ ROW_KEYS = (
     "n_runs_compared", "n_run_dirs", "n_distinct_runs", "components", "data_fingerprints", "provenance", "runs",
     "citation", "reported_as",
     # Multi-task datasets (null on one-task rows and reported rows): see multitask.py.
-    "tasks", "test_task_acc", "test_rho_spur", "delta_m_mean", "delta_m_std", "delta_m_seeds", "delta_m_per_seed",
+    "tasks", "test_task_acc", "val_task_acc", "train_task_acc", "test_rho_spur", "delta_m_mean", "delta_m_std",
+    "delta_m_seeds", "delta_m_per_seed",
     "delta_m_note",
 )
 PROVENANCE_FIELDS = ("version", "git_commit", "git_dirty", "torch", "device_name")
@@ -127,6 +128,8 @@ def summarise(group: pd.DataFrame) -> dict[str, Any]:
         "provenance": {f: _distinct(chosen[f"prov_{f}"]) for f in PROVENANCE_FIELDS},
         "runs": list(chosen["run"]), "citation": None, "reported_as": None,
         "tasks": tasks, "test_task_acc": task_summary(chosen, "task_acc", tasks),
+        "val_task_acc": task_summary(chosen, "val_task_acc", tasks),
+        "train_task_acc": task_summary(chosen, "train_task_acc", tasks),
         "test_rho_spur": task_summary(chosen, "rho", tasks),
         # Δm needs the ERM row of the same protocol: `multitask.add_delta_m` fills these once every row exists.
         "delta_m_mean": None, "delta_m_std": None, "delta_m_seeds": None, "delta_m_per_seed": None,

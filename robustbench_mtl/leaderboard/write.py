@@ -15,8 +15,9 @@ from .reported import reported_rows
 DEFAULT_FORMATS = ("md", "json")
 
 
-def _rows(runs_dir: Path, warn: Warn | None, only: Collection[Path] | None, reported: bool) -> list[dict[str, Any]]:
-    rows = checked_rows(runs_dir, warn, only)
+def _rows(runs_dir: Path, warn: Warn | None, only: Collection[Path] | None, reported: bool,
+          split_by: Sequence[str] = ()) -> list[dict[str, Any]]:
+    rows = checked_rows(runs_dir, warn, only, split_by)
     # Reported rows only beside datasets that have runs: a table is never made of paper numbers alone.
     return rows + (reported_rows({r["dataset"] for r in rows}) if reported else [])
 
@@ -27,12 +28,14 @@ def _formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 
 def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None,
                        only: Collection[Path] | None = None, command: str | None = None, *,
-                       formats: str | Sequence[str] = DEFAULT_FORMATS, reported: bool = False) -> list[Path]:
+                       formats: str | Sequence[str] = DEFAULT_FORMATS, reported: bool = False,
+                       split_by: Sequence[str] = ()) -> list[Path]:
     """Write `<dataset>.<format>` per dataset and format (default Markdown and JSON rows) into out_dir;
     return the paths. `command`, when given, is printed at the top of each table as the command that
-    regenerates it; `reported` adds the papers' numbers as "reported" rows."""
+    regenerates it; `reported` adds the papers' numbers as "reported" rows; runs that differ in a `split_by`
+    hparam (`scope.field`) are rows of their own."""
     names = _formats(formats)
-    rows = _rows(runs_dir, warn, only, reported)
+    rows = _rows(runs_dir, warn, only, reported, split_by)
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         for fmt in names:
@@ -43,12 +46,13 @@ def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None,
 
 
 def leaderboard_text(runs_dir: Path, fmt: str = "md", warn: Warn | None = None,
-                     only: Collection[Path] | None = None, reported: bool = False) -> str:
+                     only: Collection[Path] | None = None, reported: bool = False,
+                     split_by: Sequence[str] = ()) -> str:
     """Every dataset's table in one format, for printing (JSON: one list of every dataset's rows)."""
     names = _formats(fmt)
     if len(names) != 1:
         raise ConfigError(f"printing takes one format (got {','.join(names)}); add --out DIR to write several")
-    rows = _rows(runs_dir, warn, only, reported)
+    rows = _rows(runs_dir, warn, only, reported, split_by)
     datasets = sorted({r["dataset"] for r in rows})
     if names[0] == "json":
         return dumps([r for d in datasets for r in ordered([r for r in rows if r["dataset"] == d])])
@@ -56,16 +60,16 @@ def leaderboard_text(runs_dir: Path, fmt: str = "md", warn: Warn | None = None,
 
 
 def leaderboard_markdown(runs_dir: Path, warn: Warn | None = None, only: Collection[Path] | None = None,
-                         reported: bool = False) -> str:
+                         reported: bool = False, split_by: Sequence[str] = ()) -> str:
     """Every dataset's Markdown table, one after another (for printing)."""
-    return leaderboard_text(runs_dir, "md", warn, only, reported)
+    return leaderboard_text(runs_dir, "md", warn, only, reported, split_by)
 
 
 def compare_methods(runs_dir: Path, method_a: str, method_b: str, protocol: str | None = None,
                     dataset: str | None = None, warn: Warn | None = None,
-                    only: Collection[Path] | None = None) -> dict[str, Any]:
+                    only: Collection[Path] | None = None, split_by: Sequence[str] = ()) -> dict[str, Any]:
     """`compare_rows` over the leaderboard rows of runs_dir."""
-    return compare_rows(checked_rows(runs_dir, warn, only), method_a, method_b, protocol, dataset)
+    return compare_rows(checked_rows(runs_dir, warn, only, split_by), method_a, method_b, protocol, dataset)
 
 
 def write_comparison(result: dict[str, Any], out_dir: Path) -> list[Path]:
