@@ -15,6 +15,7 @@ from .backbones.base import BACKBONE_FILE, BACKBONE_META
 from .config import Resolved, RunSpec, resolve
 from .errors import ConfigError, Interrupted, RunFailedError
 from .fit import selected_train_metrics
+from .locks import job_lock
 from .provenance import provenance
 from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, read_json,
                       rewrite_jsonl)
@@ -171,23 +172,55 @@ def _final(trainer: Trainer, resumed: int | None, seconds: float) -> dict[str, A
             **({"saliency": saliency} if saliency is not None else {})}
 
 
-def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = None) -> RunResult:
+def run(spec: RunSpec, out_dir: Path | None = None, reporter: Reporter | None = None,
+        locked: bool = False) -> RunResult:
     """Train and evaluate one configuration into `out_dir`; resume if it holds a checkpoint.
 
-    Ctrl-C raises `Interrupted` (a one-line message saying what is checkpointed and how to resume);
-    files are written atomically, so nothing is left half-written.
+    While it trains, the process holds the run directory's lock (locks.job_lock; `locked`: the caller holds
+    it already, as a sweep job does), so a second process asked for the same run refuses with one line
+    instead of training it twice, and `sweep status` sees it as running. Ctrl-C raises `Interrupted` (a
+    one-line message saying what is checkpointed and how to resume); files are written atomically, so
+    nothing is left half-written.
     """
     check_loggers(spec.log)
     r = resolve(spec)
     device = pick_device(spec.device)
     set_threads(device, spec.threads, r.info.modality)
     out = Path(out_dir) if out_dir is not None else default_out_dir(r)
-    state = _check_out_dir(out, r)
-    if state == "done":
+    if _check_out_dir(out, r) == "done":
         return RunResult(out, read_json(out / FINAL), already_finished=True)
-    reporter = with_loggers(reporter or Reporter(), out, spec.log)
-    with deterministic_mode(r.hparams["train"].deterministic):
-        return _train(r, out, device, reporter, state)
+    with contextlib.nullcontext() if locked else _exclusive(out):
+        state = _check_out_dir(out, r)  # again: another process may have finished it before the lock was ours
+        if state == "done":
+            return RunResult(out, read_json(out / FINAL), already_finished=True)
+        reporter = with_loggers(reporter or Reporter(), out, spec.log)
+        with deterministic_mode(r.hparams["train"].deterministic):
+            return _train(r, out, device, reporter, state)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold `out`'s lock, or refuse with one line when another process holds it. A directory this call made
+    that holds no run when it ends (a bad input found while loading) is removed again: nothing is left."""
+    made = not out.exists()
+    with contextlib.ExitStack() as stack:
+        try:
+            mine = stack.enter_context(job_lock(out))
+        except OSError as exc:
+            raise ConfigError(f"cannot create the run directory {out} ({exc.strerror}); choose another --out") from None
+        if not mine:
+            raise ConfigError(f"{out} is being trained by another process now (it holds {out / LOCK}); wait for "
+                              f"it to finish, or choose another --out")
+        if made:  # only by the lock's holder, before it is released (last in, first out)
+            stack.callback(_remove_if_no_run, out)
+        yield
+
+
+def _remove_if_no_run(out: Path) -> None:
+    if not (out / CONFIG).exists():
+        with contextlib.suppress(OSError):
+            (out / LOCK).unlink()
+            out.rmdir()
 
 
 def _train(r: Resolved, out: Path, device: torch.device, reporter: Reporter, state: str) -> RunResult:

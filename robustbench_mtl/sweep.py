@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from .config import RunSpec
+from .locks import is_locked, job_lock
 from .errors import ConfigError, Interrupted, RobustbenchError
-from .results import CHECKPOINT, FINAL, LOCK, atomic_write_json, read_json
+from .results import CHECKPOINT, FINAL, atomic_write_json, read_json
 from .sweep_spec import SweepSpec, expand
 
 FAILED = "failed.json"
@@ -27,33 +27,6 @@ class Job:
     @property
     def name(self) -> str:
         return f"{self.spec.data}/{self.out_dir.name}"
-
-
-@contextlib.contextmanager
-def job_lock(out_dir: Path) -> Iterator[bool]:
-    """Yields True while this process holds the job's lock, False if another process holds it.
-
-    An flock is released by the kernel when its holder dies (SIGKILL included), so a dead launcher never
-    keeps a job locked; the lock file itself stays and means nothing on its own."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing the descriptor releases the flock
-
-
-def is_locked(out_dir: Path) -> bool:
-    """Whether a live process trains this job now (probes the lock without keeping it)."""
-    if not (out_dir / LOCK).exists():
-        return False
-    with job_lock(out_dir) as mine:
-        return not mine
 
 
 def cores() -> int:
@@ -77,7 +50,7 @@ def run_job(job: Job, threads: int = 0, device: str | None = None) -> str:
         if not mine:
             return f"running elsewhere {job.name}"
         try:
-            result = run(spec, job.out_dir)
+            result = run(spec, job.out_dir, locked=True)
         except Interrupted:
             return f"interrupted {job.name}"
         except RobustbenchError as exc:
