@@ -6,12 +6,19 @@ beforehand into a shared cache, so the timings are of launching and training onl
 (spawned processes importing torch) included, as a user pays it. Prints both wall times and the ratio; on
 a 2-core machine the target is >= 1.8x. Other load on the machine makes the ratio meaningless.
 
+It also prints the machine's own ceiling for this work, without the launcher: two of the sweep's jobs run
+as two plain `robustbench-mtl run` processes one after the other, then both at once (ratio = sequential /
+concurrent wall time). On virtual CPUs that share a physical core, or share caches and memory bandwidth,
+this ceiling is below 2x, and no launcher can beat it.
+
     python benchmarks/sweep.py --epochs 50             # CPU workers; taskset -c 0,1 ... to pin to 2 cores
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +43,28 @@ def sweep_once(workers: int, epochs: int, root: Path, gpus: str = "none") -> flo
     return seconds
 
 
+def ceiling(epochs: int, root: Path) -> tuple[float, float]:
+    """(sequential, concurrent) wall seconds of two `mt_l1 + recon` runs (seeds 0, 1) as plain processes."""
+    def start(seed: int, tag: str) -> subprocess.Popen:
+        out = root / f"ceiling-{tag}-{seed}"
+        return subprocess.Popen([sys.executable, "-m", "robustbench_mtl", "run", "--quiet", "--algo", "mt_l1",
+                                 "--aux", "recon", "--data", "synthetic", "--seed", str(seed), "--threads", "1",
+                                 "--set", f"train.epochs={epochs}", "--set", "train.patience=0", "--out", str(out)],
+                                stdout=subprocess.DEVNULL)
+
+    def wait(procs: list[subprocess.Popen]) -> None:
+        if any(p.wait() != 0 for p in procs):
+            raise SystemExit("a ceiling run failed")
+
+    t0 = time.perf_counter()
+    for seed in (0, 1):
+        wait([start(seed, "seq")])
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    wait([start(seed, "par") for seed in (0, 1)])
+    return sequential, time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=50, help="epochs per job (each ~0.05 s on one core)")
@@ -48,12 +77,16 @@ def main() -> None:
         resolve(RunSpec("synthetic", "erm"))  # generate the dataset once, outside the timings
         one = sweep_once(1, args.epochs, Path(tmp), args.gpus)
         two = sweep_once(2, args.epochs, Path(tmp), args.gpus)
+        seq, par = ceiling(args.epochs, Path(tmp)) if args.gpus == "none" else (None, None)
     from robustbench_mtl.sweep import cores
 
     print(f"8 synthetic jobs, {args.epochs} epochs each, {cores()} cores, gpus={args.gpus}")
     print(f"1 worker:  {one:.1f} s")
     print(f"2 workers: {two:.1f} s")
     print(f"throughput ratio (2 workers / 1 worker): {one / two:.2f}x (target >= 1.8x on 2 cores)")
+    if seq is not None:
+        print(f"ceiling without the launcher: 2 runs one after the other {seq:.1f} s, both at once {par:.1f} s: "
+              f"{seq / par:.2f}x")
 
 
 if __name__ == "__main__":
