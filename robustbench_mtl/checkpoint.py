@@ -1,6 +1,7 @@
 """Checkpoints for resume: model, optimizer, schedule, algorithm extras and every RNG, saved atomically."""
 from __future__ import annotations
 
+import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,13 @@ import numpy as np
 import torch
 
 from .results import atomic_torch_save
+
+
+def copy_state(module: torch.nn.Module, device: str | torch.device | None = None) -> dict[str, Any]:
+    """A copy of `module.state_dict()` (on `device` when given) that later training does not change; non-tensor
+    entries (an objective's extra state) are deep-copied."""
+    return {k: (v.detach().to(device) if device is not None else v.detach()).clone() if isinstance(v, torch.Tensor)
+            else copy.deepcopy(v) for k, v in module.state_dict().items()}
 
 
 def rng_state() -> dict[str, Any]:

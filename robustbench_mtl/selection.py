@@ -7,6 +7,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from .checkpoint import copy_state
 from .registry import SELECTIONS
 from .results import atomic_torch_save
 
@@ -23,7 +24,7 @@ def on_selected_models(model: nn.Module, out: Path, selections: dict[str, Any], 
     """`measure()` with `model` holding each protocol's selected weights (selected/<protocol>.pt), per protocol
     that saved some; protocols that chose the same record share one measurement. `model` holds its own
     weights again afterwards, also when `measure` raises."""
-    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    own = copy_state(model)
     device = next(model.parameters()).device
     done: dict[tuple[Any, Any], T] = {}
     results: dict[str, T] = {}

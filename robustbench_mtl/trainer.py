@@ -58,7 +58,7 @@ def build(r: Resolved, device: torch.device, total_steps: int) -> Algorithm:
 
 @torch.no_grad()
 def evaluate(algo: Algorithm, split: TensorSplit, name: str, r: Resolved) -> dict[str, float]:
-    """Predictions over a whole split, then accuracy metrics overall, per group and per class."""
+    """Predictions over a whole split, then metrics overall, per group and per class (logits: AUROC, ECE)."""
     bs = r.hparams["train"].eval_batch_size
     logits: dict[str, list[torch.Tensor]] = {t: [] for t in r.info.tasks}
     for start in range(0, len(split), bs):
@@ -69,7 +69,7 @@ def evaluate(algo: Algorithm, split: TensorSplit, name: str, r: Resolved) -> dic
     loss = sum(torch.nn.functional.cross_entropy(full[t], split.y[t].clamp_min(0), reduction="none")
                .mul(split.y[t] >= 0).mean() for t in full)
     preds = {t: v.argmax(1) for t, v in full.items()}
-    return split_metrics(name, preds, split.y, split.g, r.info, float(loss), split.groups)
+    return split_metrics(name, preds, split.y, split.g, r.info, float(loss), split.groups, logits=full)
 
 
 class Trainer:
@@ -216,8 +216,10 @@ class Trainer:
             return
         t0 = time.perf_counter()
         rec: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, "phase": "after_training"}
-        if isinstance(changed, dict):  # metrics the algorithm computed on val data it did not fit on
+        if isinstance(changed, dict):  # metrics the algorithm computed on val data it did not fit on, and extras
             rec.update(changed)
+            if not any(k.startswith("val/") for k in changed):  # extras only (AFR's gamma): all of val, as True
+                rec.update(evaluate(self.algo, self.val, "val", self.r))
         else:
             rec.update(evaluate(self.algo, self._val_part(changed), "val", self.r))
         rec.update(evaluate(self.algo, self.test, "test", self.r))

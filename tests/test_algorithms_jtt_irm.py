@@ -344,9 +344,12 @@ def test_jtt_option_decides_whether_a_better_stage1_record_can_win(phase2_only: 
 
     _, algo = _algo("jtt", select_phase2_only=phase2_only)
 
+    from robustbench_mtl.registry import SELECTIONS
+
     def rec(epoch: int, wg: float, phase: str | None) -> dict[str, Any]:
-        r = {"epoch": epoch, "val/worst_group_acc": wg, "val/avg_acc": wg, "val/worst_class_acc": wg,
-             "test/worst_group_acc": wg}
+        # every protocol's metric moves with wg (negated where the protocol minimises): all agree on the best
+        r = {"epoch": epoch, **{cls.metric: -wg if cls.minimize else wg for _, cls in SELECTIONS.load_all()},
+             "val/worst_group_acc": wg}
         return {**r, "phase": phase} if phase else r
 
     records = [rec(0, 0.9, "setup"), rec(1, 0.8, "setup"), rec(0, 0.5, None), rec(1, 0.6, None)]

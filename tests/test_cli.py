@@ -106,7 +106,9 @@ def test_toybirds_main_job_writes_every_file(tmp_path: Path) -> None:
     assert [r["epoch"] for r in records] == [0]
     final = json.loads((out / "final.json").read_text())
     assert final["status"] == "finished" and final["epochs_run"] == 1
-    assert set(final["selections"]) == {"val_worst_group", "val_avg", "val_worst_class", "oracle_worst_group"}
+    assert set(final["selections"]) == {"val_worst_group", "val_avg", "val_worst_class", "oracle_worst_group",
+                                        "val_balanced", "val_avg_precision", "val_worst_precision", "val_avg_f1",
+                                        "val_worst_f1", "val_auroc", "val_class_diff", "oracle_avg"}
     r = resolve(RunSpec.from_json(config["spec"]))
     test_split = r.dataset.load()["test"]
     rows = [ln for ln in res.output.splitlines() if "│" in ln]

@@ -61,7 +61,7 @@ def test_selected_hparams_are_the_values_that_differ(tmp_path: Path) -> None:
     assert row["n_configurations"] == 3 and row["n_seeds"] == 2
     assert _row(rows, "erm_l1", "oracle_worst_group")["selected_hparams"] == {"l1.weight": 2.7183, "train.lr": 0.1}
     md = lb.render_markdown(rows, "synthetic")
-    assert "| 2 | no | yes | 3 | l1.weight=0.3679, train.lr=0.01 | [1] |" in md
+    assert "| 2 | no | yes | val | 3 | l1.weight=0.3679, train.lr=0.01 | [1] |" in md
 
 
 def test_one_configuration_selects_no_hparam(tmp_path: Path) -> None:
@@ -118,9 +118,9 @@ def test_reported_rows_beside_the_reproduced_ones(tmp_path: Path) -> None:
     assert gdro["test_avg_acc_mean"] is None  # Table 1 has no average: blank, not filled in
     md = (out / "waterbirds.md").read_text()
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    i = lines.index("| erm | mlp | Val-GP | 80.0 | 93.0 | 1 | no | yes | 1 |  | [1] |")
-    assert lines[i + 1] == "| erm | vit_b16 | Val-GP | 85.4 ± 1.4 | 94.1 ± 0.7 | 5 | no | yes |  |  | reported [R1] |"
-    assert "| group_dro | vit_b16 | Val-GP | 93.9 ± 0.7 |  | 5 | yes | yes |  |  | reported [R" in md
+    i = lines.index("| erm | mlp | Val-GP | 80.0 | 93.0 | 1 | no | yes | val | 1 |  | [1] |")
+    assert lines[i + 1] == "| erm | vit_b16 | Val-GP | 85.4 ± 1.4 | 94.1 ± 0.7 | 5 | no | yes | val |  |  | reported [R1] |"
+    assert "| group_dro | vit_b16 | Val-GP | 93.9 ± 0.7 |  | 5 | yes | yes | train + val |  |  | reported [R" in md
     assert "- [R1] Kulkarni et al. 2023, Tables 1, 2, 4, 10 (worst-group); Tables 6, 8, 10 (avg)." in md
     assert md.count("- Kulkarni et al. 2023: Kulkarni, Dery, Setlur") == 1  # the full reference once
     assert "1 finished run." in md  # reported rows are not runs

@@ -80,7 +80,7 @@ def test_markdown_multitask_columns(tmp_path: Path) -> None:
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
     assert lines[0] == ("| Method | Backbone | Selection | Test worst-group acc. | Test acc. left | Test acc. right | "
                         "Test avg acc. | ρ_spur left | ρ_spur right | Δm vs erm | Seeds | Train groups | Val groups | "
-                        "Configs | Selected hparams | Source |")
+                        "Attr. setting | Configs | Selected hparams | Source |")
     erm = next(ln for ln in lines if ln.startswith("| erm | mlp | Val-GP |"))
     assert "| 80.0 ± 10.0 | 50.0 ± 10.0 | 65.0 ± 8.7 | 0.250 ± 0.050 | 0.400 ± 0.100 | baseline | 3 |" in erm
     stl = next(ln for ln in lines if ln.startswith("| stl | mlp | Val-GP |"))
@@ -188,3 +188,19 @@ def test_validation_and_training_accuracy_per_task(tmp_path: Path) -> None:
     text = lb.leaderboard_text(tmp_path, "csv")
     record = next(r for r in csv.DictReader(io.StringIO(text)) if r["method"] == "erm")
     assert float(record["train_acc_right_mean"]) == pytest.approx(0.97)
+
+
+def test_the_fit_table_shows_train_val_and_test_accuracy_per_task(tmp_path: Path) -> None:
+    out = mt_run(tmp_path, "erm", 0, (0.8, 0.6), (0.2, 0.3))
+    final = json.loads((out / "final.json").read_text())
+    for entry in final["selections"].values():
+        entry["val"].update({"avg_acc/left": 0.95, "avg_acc/right": 0.85})
+        entry["train"] = {"avg_acc/left": 1.0, "avg_acc/right": 0.97}
+    (out / "final.json").write_text(json.dumps(final))
+    md = lb.leaderboard_markdown(tmp_path)
+    head, _, table = md.partition("**Fit and generalisation** (No-GP selection)")
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| Method | Backbone | Train acc. left | Train acc. right | Val acc. left")
+    assert lines[1] == "| erm | mlp | 100.0 | 97.0 | 95.0 | 85.0 | 80.0 | 60.0 | 0.200 | 0.300 |"
+    # without training accuracy (runs made before it was measured) there is no such table
+    assert "Fit and generalisation" not in lb.leaderboard_markdown(_runs(tmp_path / "old"))

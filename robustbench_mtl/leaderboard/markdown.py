@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..metrics import GROUP_FREE_METRICS
 from ..registry import CORE_DIST
 from ..saliency import MAX_EXAMPLES
 from .multitask import BASELINE, dataset_tasks, has_rho
@@ -23,6 +24,22 @@ def selection_cell(row: dict[str, Any]) -> str:
     if not row["oracle"]:
         return label
     return f"*{label}*" if "oracle" in label.lower() else f"*{label} (oracle)*"
+
+
+# SubpopBench's attribute-availability settings (group labels = attributes): (train, val) -> cell text.
+SETTINGS = {(False, False): "none", (False, True): "val", (True, True): "train + val", (True, False): "train"}
+
+
+def setting_text(row: dict[str, Any]) -> str:
+    """Where group (attribute) labels were used, in training and in validation: the row's setting."""
+    return SETTINGS[(bool(row["uses_train_groups"]), bool(row["uses_val_groups_any"]))]
+
+
+def test_labels_text(row: dict[str, Any]) -> str:
+    """What an oracle row read on test: its class labels only when its metric is a known group-free one,
+    else (and for a plugin's metric, which cannot be told) test group labels."""
+    name = str(row.get("selection_metric") or "").partition("/")[2].partition("@")[0]
+    return " (test labels)" if name in GROUP_FREE_METRICS else " (test groups)"
 
 
 def value_text(value: Any) -> str:
@@ -174,7 +191,8 @@ def _cells(r: dict[str, Any], runs: _Notes, papers: _Notes) -> list[str]:
             pct(r["test_worst_group_acc_mean"], r["test_worst_group_acc_std"]), avg,
             "" if r["n_seeds"] is None else str(r["n_seeds"]),
             "yes" if r["uses_train_groups"] else "no",
-            ("yes" if r["uses_val_groups_any"] else "no") + (" (test groups)" if r["oracle"] else ""),
+            ("yes" if r["uses_val_groups_any"] else "no") + (test_labels_text(r) if r["oracle"] else ""),
+            setting_text(r),
             "" if reported else str(r["n_configurations"]), _cell(hparams_text(r)),
             f"reported {papers.mark(_citation_text(r))}" if reported else runs.mark(provenance_text(r))]
 
@@ -183,8 +201,11 @@ NOTE = ("Worst-group acc. = min over groups of per-group test accuracy; avg acc.
         "(with several tasks, each is the mean over tasks); both in percent, mean ± sample std over seeds (the "
         "value alone for a single seed). Train groups: the algorithm used training group labels. Val groups: "
         "validation group labels were used, by the algorithm or by the selection protocol (to choose the epoch "
-        "and configuration). *Italic* oracle rows select on test labels, test group labels included, and are "
-        "upper bounds, not results. Configs: configurations compared; Selected hparams: the chosen "
+        "and configuration). Attr. setting: SubpopBench's attribute-availability setting of the row, where group "
+        "(attribute) labels were used: none (unknown in training and validation), val (unknown in training, "
+        "known in validation), train + val (known in both), train (training only). *Italic* oracle rows select "
+        "on test labels (test group labels too, unless marked \"test labels\") and are upper bounds, not results. "
+        "Configs: configurations compared; Selected hparams: the chosen "
         "configuration's values of the hparams on which they differ (`--set` spelling; blank when only one was "
         "compared; the full configuration is in the JSON rows). Source: the runs' provenance (package version, "
         "git commit, torch, device), or the paper a reported row is copied from (blank cells: not reported).")
@@ -206,7 +227,7 @@ def _columns(tasks: list[str], rho: bool) -> list[str]:
     accs = [f"Test acc. {t}" for t in tasks]
     after = ([f"ρ_spur {t}" for t in tasks] if rho else []) + (["Δm vs erm"] if tasks else [])
     return ["Method", "Backbone", "Selection", "Test worst-group acc.", *accs, "Test avg acc.", *after, "Seeds",
-            "Train groups", "Val groups", "Configs", "Selected hparams", "Source"]
+            "Train groups", "Val groups", "Attr. setting", "Configs", "Selected hparams", "Source"]
 
 
 def _row_cells(r: dict[str, Any], tasks: list[str], rho: bool, notes: tuple[_Notes, _Notes, _Notes]) -> list[str]:
@@ -216,6 +237,29 @@ def _row_cells(r: dict[str, Any], tasks: list[str], rho: bool, notes: tuple[_Not
         before, after = _task_cells(r, tasks, rho, deltas)
         cells[4:5] = [*before, cells[4], *after]  # cells[4] is the average
     return cells
+
+
+FIT_PROTOCOL = "val_avg"  # in-distribution validation accuracy: how multi-task studies select (MT-CRL's analysis)
+
+
+def fit_table(mine: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """A multi-task dataset's fit and generalisation table: per method, the training-subset, validation and test
+    accuracy and ρ_spur of each task, for one protocol's selected models ([] when no row has training accuracy)."""
+    rows = [r for r in mine if r["protocol"] == FIT_PROTOCOL] or [
+        r for r in mine if not r["oracle"] and r["protocol"] == mine[0]["protocol"]]
+    if not rows or not any(r["train_task_acc"] for r in rows):
+        return []
+    fields = (("Train", "train_task_acc"), ("Val", "val_task_acc"), ("Test", "test_task_acc"))
+    cols = ["Method", "Backbone", *[f"{name} acc. {t}" for name, _ in fields for t in tasks],
+            *[f"ρ_spur {t}" for t in tasks]]
+    body = ["| " + " | ".join([r["method"], r["backbone"],
+                               *[task_pct((r[f] or {}).get(t), r["n_seeds"]) for _, f in fields for t in tasks],
+                               *[rho_text((r["test_rho_spur"] or {}).get(t), r["n_seeds"]) for t in tasks]]) + " |"
+            for r in rows]
+    return [f"**Fit and generalisation** ({rows[0]['selection']} selection): each task's accuracy on a fixed subset "
+            f"of at most {MAX_EXAMPLES:,} training examples, on validation (in distribution) and on test, and ρ_spur, "
+            "for the selected models; mean ± std over seeds.", "", "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols), *body, ""]
 
 
 def render_markdown(rows: list[dict[str, Any]], dataset: str, command: str | None = None) -> str:
@@ -242,5 +286,6 @@ def render_markdown(rows: list[dict[str, Any]], dataset: str, command: str | Non
                     "avg_acc_duplicated, over identity-duplicated rows)." if dagger else "")
         + (" " + MULTITASK_NOTE.format(rho=RHO_NOTE if rho else "") if tasks else ""), "",
         *runs.lines(), *deltas.lines(), *papers.lines(), *_references(rows), "",
+        *(fit_table(mine, tasks) if tasks and mine else []),
     ]
     return "\n".join(lines)

@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from ..errors import ConfigError, PluginError
+from ..registry import SELECTIONS
 from .multitask import task_summary
 
 # Every row, reproduced or reported, has exactly these keys (a reported row leaves unknown ones null).
@@ -32,9 +34,26 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+# Built-in protocols in display order: the paper's and Val-WC first, then SubpopBench's class-level criteria.
+PROTOCOL_ORDER = ("val_worst_group", "val_avg", "val_worst_class", "val_balanced", "val_avg_precision",
+                  "val_worst_precision", "val_avg_f1", "val_worst_f1", "val_auroc", "val_class_diff",
+                  "oracle_worst_group", "oracle_avg")
+
+
 def protocol_order(row: dict[str, Any]) -> tuple[Any, ...]:
-    """Non-oracle before oracle, Val-GP (the protocol that uses val group labels) first, then by label."""
-    return (row["oracle"], not row["uses_val_groups"], row["selection"], row["protocol"])
+    """Non-oracle before oracle, Val-GP (the protocol that uses val group labels) first, then the built-in
+    protocols in `PROTOCOL_ORDER`, then any other (a plugin's) by label."""
+    known = PROTOCOL_ORDER.index(row["protocol"]) if row["protocol"] in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+    return (row["oracle"], not row["uses_val_groups"], known, row["selection"], row["protocol"])
+
+
+def minimises(protocol: str) -> bool:
+    """Whether `protocol` chooses the lowest value of its metric (its registered `minimize`, e.g.
+    `val_class_diff`); a protocol not installed here is taken to maximise, as every protocol did before."""
+    try:
+        return bool(getattr(SELECTIONS.get(protocol), "minimize", False))
+    except (ConfigError, PluginError):
+        return False
 
 
 def _stats(values: pd.Series) -> tuple[float, float | None, float | None]:
@@ -56,11 +75,12 @@ def _choose(group: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series, int, str]:
     compared = group[group["config_key"].isin(seeds.index[seeds == most])]
     # Sorted keys make ties deterministic: the first configuration (in key order) wins.
     means = compared.groupby("config_key", sort=True)["score"].mean()
-    chosen = compared[compared["config_key"] == means.idxmax()].sort_values("seed")
+    lowest = minimises(str(group["protocol"].iloc[0]))
+    chosen = compared[compared["config_key"] == (means.idxmin() if lowest else means.idxmax())].sort_values("seed")
     n_out = len(seeds) - len(means)
     among = f"the {plural(len(means), 'configuration')}" if len(means) > 1 else "the one configuration"
-    rule = (f"best mean {chosen.iloc[0]['selection_metric']} over {plural(most, 'seed')} among {among} "
-            f"with {plural(most, 'seed')}")
+    rule = (f"{'lowest' if lowest else 'best'} mean {chosen.iloc[0]['selection_metric']} over "
+            f"{plural(most, 'seed')} among {among} with {plural(most, 'seed')}")
     rule += f"; {plural(n_out, 'configuration')} with fewer seeds not compared" if n_out else ""
     return chosen, means, n_out, rule
 
@@ -110,7 +130,7 @@ def summarise(group: pd.DataFrame) -> dict[str, Any]:
     return {
         "dataset": first["dataset"], "method": first["method"], "backbone": first["backbone"],
         "source": "reproduced", "protocol": first["protocol"], "selection": first["selection"],
-        "selection_metric": first["selection_metric"], "selection_score_mean": float(means.max()),
+        "selection_metric": first["selection_metric"], "selection_score_mean": float(means[first["config_key"]]),
         "selection_rule": rule, "oracle": bool(first["oracle"]), "uses_val_groups": bool(first["uses_val_groups"]),
         "uses_train_groups": bool(first["uses_train_groups"]),
         "algorithm_uses_val_groups": bool(first["algorithm_uses_val_groups"]),

@@ -22,15 +22,24 @@ def best_with_patience(values: list[float], patience: int) -> int:
     return max(best_i, 0)
 
 
+def _oriented(value: Any, minimize: bool) -> Any:
+    """The value to maximise: negated for a protocol that minimises its metric; None and NaN stay as they are."""
+    return -value if minimize and isinstance(value, (int, float)) else value
+
+
 class Selection:
-    """A protocol that chooses the checkpoint (epoch) to report from one run's records."""
+    """A protocol that chooses the checkpoint (epoch) to report from one run's records.
+
+    `minimize = True` chooses the lowest value of `metric` instead of the highest (e.g. a class difference);
+    ties, patience and null values are handled as for the highest."""
 
     metric: ClassVar[str]
     oracle: ClassVar[bool] = False
     uses_val_groups: ClassVar[bool] = False
     label: ClassVar[str] = ""
+    minimize: ClassVar[bool] = False
 
     def select(self, records: list[dict[str, Any]], patience: int) -> int:
         """Index into `records` of the chosen evaluation."""
-        return best_with_patience([r.get(self.metric, math.nan) for r in records],
+        return best_with_patience([_oriented(r.get(self.metric, math.nan), self.minimize) for r in records],
                                   0 if self.oracle else patience)
