@@ -21,8 +21,9 @@ from robustbench_mtl.config import ModelHParams, RunSpec, TrainHParams, resolve
 from robustbench_mtl.errors import ConfigError
 from robustbench_mtl.labels import algorithm_info
 from robustbench_mtl.registry import ALGORITHMS
-from robustbench_mtl.results import TIMING_KEYS, read_jsonl
-from robustbench_mtl.runner import Reporter, run
+from robustbench_mtl.results import read_jsonl
+from robustbench_mtl.runner import run
+from test_mtl_algorithms import _records, _Stop, _StopAfterFirstEpoch
 from robustbench_mtl.testing import _Setup, check_algorithm
 from robustbench_mtl.trainer import assemble
 from robustbench_mtl.types import Batch, Outputs
@@ -280,20 +281,6 @@ def test_one_epoch_runs_on_synthetic(tmp_path: Path) -> None:
         assert flags["uses_train_groups"] is False
         rec = read_jsonl(res.out_dir / "metrics.jsonl")[-1]
         assert math.isfinite(rec["train/loss"]) and "test/worst_group_acc" in rec
-
-
-class _Stop(Exception):
-    pass
-
-
-class _StopAfterFirstEpoch(Reporter):
-    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        if epoch == 0:
-            raise _Stop
-
-
-def _records(out: Path) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_jsonl(out / "metrics.jsonl")]
 
 
 def test_ldam_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:

@@ -281,7 +281,7 @@ def test_environments_reach_the_run_when_girm_is_on() -> None:
     (RunSpec("synthetic", "erm", aux=("mtcrl",)),
      "objective 'mtcrl' routes modules between tasks and needs at least 2, but dataset 'synthetic' has 1"),
     (RunSpec("_mt_envs2", "dfr", aux=("mtcrl",)),
-     "dfr refits linear task heads on the pooled features, but objective 'mtcrl' replaces those heads"),
+     "dfr retrains the linear task heads on the pooled features, but objective 'mtcrl' replaces those heads"),
     (RunSpec("_mt_envs2", "erm", aux=("mtcrl",), overrides=("model.head_norm=1",)),
      "model.head_norm rescales the linear task heads, which objective 'mtcrl' replaces"),
     (RunSpec("_mt_envs2", "mt", aux=("mtcrl",)), "algorithm 'mt' needs an auxiliary objective"),

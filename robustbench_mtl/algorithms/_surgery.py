@@ -1,4 +1,4 @@
-"""Gradient surgery between tasks (PCGrad, GradVac): per-task gradients of the shared backbone, combined."""
+"""Gradient surgery between tasks (PCGrad, GradVac, MGDA, ...): per-task gradients of the shared backbone, combined."""
 from __future__ import annotations
 
 import abc
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..data.base import DataInfo
 from ..errors import ConfigError
-from ..types import Batch
+from ..types import Batch, Outputs
 from .base import Algorithm
 
 
@@ -34,6 +34,21 @@ def flat_grad(loss: Tensor, params: list[nn.Parameter]) -> Tensor:
                       for g, p in zip(grads, params)])
 
 
+def task_risks(out: Outputs, batch: Batch) -> Tensor:
+    """R_t [T]: each task's mean cross-entropy over the batch, in `out.logits`' order; a missing label (-1)
+    counts 0 (so sum_t R_t is ERM's loss)."""
+    return torch.stack([F.cross_entropy(z.float(), batch.y[t], ignore_index=-1, reduction="none").mean()
+                        for t, z in out.logits.items()])
+
+
+def require_tasks(name: str, info: DataInfo, acts: str = "acts between tasks' gradients") -> None:
+    """ConfigError (one line) unless the dataset has at least 2 tasks; `acts` says what `name` does between them."""
+    if len(info.tasks) < 2:
+        raise ConfigError(f"{name} needs a dataset with at least 2 tasks; dataset '{info.name}' has "
+                          f"{len(info.tasks)} ({', '.join(info.tasks)}), and {name} {acts}; "
+                          f"use a multi-task dataset, or erm")
+
+
 class GradientSurgery(Algorithm, abc.ABC):
     """sum_t R_t with the shared parameters' gradient replaced by `combine` of the per-task gradients.
 
@@ -45,10 +60,7 @@ class GradientSurgery(Algorithm, abc.ABC):
 
     @classmethod
     def check(cls, name: str, info: DataInfo, objectives: tuple[str, ...]) -> None:
-        if len(info.tasks) < 2:
-            raise ConfigError(f"{name} needs a dataset with at least 2 tasks; dataset '{info.name}' has "
-                              f"{len(info.tasks)} ({', '.join(info.tasks)}), and {name} acts between tasks' "
-                              f"gradients; use a multi-task dataset, or erm")
+        require_tasks(name, info)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -60,10 +72,15 @@ class GradientSurgery(Algorithm, abc.ABC):
     def combine(self, grads: Tensor) -> Tensor:
         """The shared parameters' gradient [P] from the per-task gradients [T, P]."""
 
+    def weighting_loss(self, grads: Tensor, losses: Tensor) -> Tensor | None:
+        """A loss on the algorithm's own weighting parameters (GradNorm's task weights), from the per-task
+        gradients [T, P] and the detached task losses R_t [T]; called before `combine` and added to the step's
+        backward. None (the default): nothing is added."""
+        return None
+
     def compute_loss(self, batch: Batch, aux_batch: Batch | None) -> tuple[Tensor, dict[str, Tensor]]:
         out = self.model(batch.x)
-        losses = torch.stack([F.cross_entropy(z.float(), batch.y[t], ignore_index=-1, reduction="none").mean()
-                              for t, z in out.logits.items()])
+        losses = task_risks(out, batch)
         self._task_losses = losses
         task = losses.sum()
         total, parts = self.with_objectives(task, batch, aux_batch, out)
@@ -74,9 +91,10 @@ class GradientSurgery(Algorithm, abc.ABC):
         if losses is None:
             raise RuntimeError("step() without compute_loss(): the per-task losses are missing")
         grads = torch.stack([flat_grad(loss, self.shared) for loss in losses])
+        extra = self.weighting_loss(grads, losses.detach())
         delta = self.combine(grads) - grads.sum(0)
         # total.backward() gives the shared parameters sum_t g_t (+ the objectives' gradient); this linear term
         # adds combine(g) - sum_t g_t, so the base step (clipping, optimizer, schedule, projections) is unchanged.
         swap = sum((p * d.view_as(p).to(p.dtype)).sum() for p, d in zip(self.shared, delta.split(
             [p.numel() for p in self.shared])))
-        super().step(total + swap)
+        super().step(total + swap if extra is None else total + swap + extra)

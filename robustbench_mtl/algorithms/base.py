@@ -171,7 +171,8 @@ class Algorithm(nn.Module):
         rows of val whose indices you return as a LongTensor (e.g. the half the algorithm did not fit on),
         evaluated with their group labels; a TensorSplit, evaluated as given; or, if you return a dict, its
         `val/*` entries (metrics you computed with `evaluate_split` on data the final model was not fit
-        on), with its other entries (e.g. `dfr/C`) recorded as given.
+        on), with its other entries (e.g. `dfr/C`) recorded as given; a dict without `val/*` entries has
+        all of val evaluated, as True, beside its entries (e.g. `afr/gamma`).
         """
         return None
 
@@ -248,6 +249,17 @@ class Algorithm(nn.Module):
                                  f"weights, or set train.grad_clip")
         self.step(total)
         return dict(zip(["loss", *parts], values))
+
+    def erm_step(self, batch: Batch, stage: str) -> None:
+        """One plain ERM step (mean end-task loss, no objectives): a two-stage method's first stage (JTT's
+        identification model, EIIL's reference model); `stage` names it in the non-finite-loss error."""
+        if not self.model.training:
+            self.model.train()
+        with self._ctx():
+            loss = self.task_losses(self.model(batch.x), batch).mean()
+        if not math.isfinite(float(loss.detach())):
+            raise RunFailedError(f"non-finite loss in {stage}; lower train.lr")
+        self.step(loss)
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> dict[str, Tensor]:

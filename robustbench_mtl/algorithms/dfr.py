@@ -12,9 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 from ..data.base import DataInfo, TensorSplit
-from ..errors import ConfigError
 from ..hparams import hp
-from ..registry import ALGORITHMS, OBJECTIVES
+from ..registry import ALGORITHMS
+from ._last_layer import refuse_head_objectives
 from .base import Algorithm
 
 # DFR's Waterbirds grid (dfr_evaluate_spurious.py C_OPTIONS), in its order: ties go to the first.
@@ -142,11 +142,7 @@ class DFR(Algorithm):
     @classmethod
     def check(cls, name: str, info: DataInfo, objectives: tuple[str, ...]) -> None:
         # Refitting a linear head on pooled features would discard an objective's own heads (mtcrl's routing).
-        heads = [o for o in objectives if OBJECTIVES.get(o).provides_heads]
-        if heads:
-            raise ConfigError(f"{name} refits linear task heads on the pooled features, but objective '{heads[0]}' "
-                              f"replaces those heads with its own; use erm (or another algorithm) with "
-                              f"--aux {heads[0]}, or dfr without it")
+        refuse_head_objectives(name, objectives)
 
     @torch.no_grad()
     def features(self, split: TensorSplit, idx: Tensor | None = None) -> Tensor:

@@ -1,19 +1,17 @@
 """JTT: train an identification model with ERM, then train a fresh model with its errors upsampled."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..checkpoint import copy_state
 from ..data.base import TensorSplit
-from ..errors import RunFailedError
 from ..hparams import Choice, hp
 from ..loaders import epoch_batches, steps_per_epoch
 from ..registry import ALGORITHMS
-from ..types import Batch
 from .base import Algorithm
 
 
@@ -58,17 +56,8 @@ class JTT(Algorithm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Kept on the CPU: the fresh model of stage 2 starts from exactly these weights.
-        self._initial = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self._initial = copy_state(self.model, "cpu")
         self.error: Tensor | None = None
-
-    def _erm_step(self, batch: Batch) -> None:
-        if not self.model.training:
-            self.model.train()
-        with self._ctx():
-            loss = self.task_losses(self.model(batch.x), batch).mean()
-        if not math.isfinite(float(loss.detach())):
-            raise RunFailedError("non-finite loss in JTT's first stage; lower train.lr")
-        self.step(loss)
 
     @torch.no_grad()
     def error_set(self, train: TensorSplit) -> Tensor:
@@ -87,7 +76,7 @@ class JTT(Algorithm):
         seed = int(torch.randint(0, 2**62, (1,)))
         for epoch in range(self.hparams.first_stage_epochs):
             for batch in epoch_batches(train, self.train_hp.batch_size, seed, epoch):
-                self._erm_step(batch)
+                self.erm_step(batch, "JTT's first stage")
             self.evaluate_now("setup")
         self.error = self.error_set(train)
         self.model.load_state_dict(self._initial)
