@@ -92,6 +92,13 @@ def test_dataset(name: str, tmp_path: Path) -> None:
 
         write_fixture(tmp_path / "multinli")
         testing.check_dataset(name, root=str(tmp_path))
+    elif name in ("metashift", "imagenetbg"):  # SubpopBench's on-disk format: metadata + image folders
+        from test_metashift_imagenetbg import write_imagenetbg, write_metashift
+
+        data_dir = tmp_path / ("metashift" if name == "metashift" else "backgrounds_challenge")
+        data_dir.mkdir()
+        (write_metashift if name == "metashift" else write_imagenetbg)(data_dir)
+        testing.check_dataset(name, root=str(tmp_path), image_size=16)
     elif name == "multi_mnist":
         from test_multi_mnist import SMALL, write_fixture as write_mnist
 
