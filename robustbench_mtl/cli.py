@@ -345,10 +345,12 @@ def _warn_skipped(skip: Any) -> None:
 @click.option("--dataset", default=None, help="with --compare: only this dataset")
 @click.option("--split-by", "split_by", multiple=True, metavar="SCOPE.FIELD",
               help="runs that differ in this hparam are separate rows (e.g. mtcrl.girm); repeatable")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="an extra test metric column (e.g. macro_f1, auroc, ece); repeatable")
 @_fail_cleanly
 def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool, fmt: str | None, reported: bool,
                 compare: tuple[str, str] | None, protocol: str | None, dataset: str | None,
-                split_by: tuple[str, ...]) -> None:
+                split_by: tuple[str, ...], metrics: tuple[str, ...]) -> None:
     """Leaderboards (mean ± std over seeds) from the finished runs under RUNS_DIR.
 
     A damaged run directory (unreadable config.json or final.json) is skipped with a warning on stderr."""
@@ -369,10 +371,10 @@ def leaderboard(runs_dir: Path, out_dir: Path | None, as_json: bool, fmt: str | 
         raise ConfigError("--protocol and --dataset select what --compare compares; add --compare A B")
     if out_dir is None:
         click.echo(lb.leaderboard_text(runs_dir, fmt or ("json" if as_json else "md"), _warn_skipped,
-                                       reported=reported, split_by=split_by))
+                                       reported=reported, split_by=split_by, metrics=metrics))
         return
     for path in lb.write_leaderboards(runs_dir, out_dir, _warn_skipped, formats=fmt or lb.DEFAULT_FORMATS,
-                                      reported=reported, split_by=split_by):
+                                      reported=reported, split_by=split_by, metrics=metrics):
         out.print(f"wrote {path}")
 
 

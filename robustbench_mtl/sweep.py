@@ -237,7 +237,7 @@ def collect(p: Plan, out_dir: Path, command: str | None = None, warn: Any = None
     from .leaderboard import write_leaderboards
 
     return write_leaderboards(p.sweep.runs_dir, out_dir, warn, only=p.dirs(), command=command,
-                              split_by=p.sweep.split_by)
+                              split_by=p.sweep.split_by, metrics=p.sweep.metrics)
 
 
 def regenerate_command(source: str, out_dir: Path) -> str:

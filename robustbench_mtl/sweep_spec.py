@@ -19,7 +19,7 @@ from .presets import is_structured
 from .registry import ALGORITHMS, BACKBONES, DATASETS, OBJECTIVES
 
 KEYS = ("name", "runs_dir", "datasets", "methods", "backbones", "seeds", "preset", "preset_common", "random",
-        "grid", "method_grid", "fixed", "launcher", "split_by")
+        "grid", "method_grid", "fixed", "launcher", "split_by", "metrics")
 DEFAULT_SEEDS = (0, 1, 2)
 
 
@@ -45,6 +45,7 @@ class SweepSpec:
     dataset_fixed: dict[str, dict[str, str]] = field(default_factory=dict)
     launcher: dict[str, Any] = field(default_factory=dict)
     split_by: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
     source: str = ""
 
 
@@ -97,7 +98,7 @@ def parse(raw: Mapping[str, Any], where: str = "sweep", source: str = "") -> Swe
     if not isinstance(launcher.get("name", "local"), str):
         raise ConfigError(f"{where}: [launcher] name must be a string, e.g. \"local\"")
     preset_common = _names(raw, "preset_common", where)
-    split_by = _names(raw, "split_by", where)
+    split_by, metrics = _names(raw, "split_by", where), _names(raw, "metrics", where)
     for key in split_by:
         if key.count(".") != 1 or not all(key.split(".")):
             raise ConfigError(f"{where}: split_by key {key!r} must look like scope.field (e.g. \"mtcrl.girm\")")
@@ -107,7 +108,8 @@ def parse(raw: Mapping[str, Any], where: str = "sweep", source: str = "") -> Swe
         runs_dir=Path(_str(raw, "runs_dir", where, "runs")), backbones=backbones, seeds=seeds,
         preset=_str(raw, "preset", where, ""), preset_common=preset_common, random=random,
         grid=_grid(raw.get("grid", {}), "[grid]", where), method_grid=_method_grids(raw, methods, where),
-        fixed=fixed, dataset_fixed=dataset_fixed, launcher=launcher, split_by=split_by, source=source)
+        fixed=fixed, dataset_fixed=dataset_fixed, launcher=launcher, split_by=split_by,
+        metrics=metrics, source=source)
     if preset_common and not spec.preset:
         raise ConfigError(f"{where}: preset_common names methods that take a preset's common section, but no "
                           f"preset is set")

@@ -262,3 +262,25 @@ def test_one_format_printed_without_out(tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stdout.startswith("dataset,method,backbone,source,protocol")
     res = _cli("leaderboard", str(tmp_path), "--format", "tex")
     assert res.exit_code == 0 and "\\toprule" in res.stdout
+
+
+def test_extra_test_metric_columns(tmp_path: Path) -> None:
+    from test_leaderboard import make_run
+
+    for seed, f1 in ((0, 0.70), (1, 0.80)):
+        out = make_run(tmp_path, f"erm-{seed}", seed, val_wg=0.5, test_wg=0.4, test_avg=0.8)
+        final = json.loads((out / "final.json").read_text())
+        for entry in final["selections"].values():
+            entry["test"]["macro_f1"] = f1
+        (out / "final.json").write_text(json.dumps(final))
+    rows = lb.scan_rows(tmp_path, metrics=("macro_f1",))[0]
+    stats = rows[0]["test_metrics"]["macro_f1"]
+    assert stats["mean"] == pytest.approx(0.75) and stats["per_seed"] == [0.70, 0.80] and stats["n"] == 2
+    md = lb.leaderboard_text(tmp_path, "md", metrics=("macro_f1",))
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert "| Test avg acc. | Test macro_f1 |" in header
+    assert "| 75.0 ± 7.1 |" in md
+    text = lb.leaderboard_text(tmp_path, "csv", metrics=("macro_f1",))
+    assert "test_macro_f1_mean" in text.splitlines()[0]
+    with pytest.raises(ConfigError, match="metric 'macro_f2': no collected run has test/macro_f2"):
+        lb.leaderboard_text(tmp_path, "md", metrics=("macro_f2",))

@@ -98,8 +98,9 @@ def _run_base(runs_dir: Path, run: RunRecord, split_by: Sequence[str] = ()) -> d
             "tasks": run_tasks(cfg), **_provenance(cfg)}
 
 
-def _run_records(base: dict[str, Any], final: dict[str, Any]) -> list[dict[str, Any]]:
-    """One record per usable selection protocol of one run; a protocol missing a metric is skipped."""
+def _run_records(base: dict[str, Any], final: dict[str, Any], metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One record per usable selection protocol of one run; a protocol missing a metric is skipped. Each of
+    `metrics` (test metric names, e.g. macro_f1) is kept as `metric:<name>` (None where the run lacks it)."""
     out = []
     for protocol, entry in final["selections"].items():
         score = _value(entry, entry.get("metric"))
@@ -112,6 +113,7 @@ def _run_records(base: dict[str, Any], final: dict[str, Any]) -> list[dict[str, 
         out.append({**base, "protocol": protocol, "selection": str(entry.get("label") or protocol),
                     "selection_metric": entry["metric"], "oracle": flags[0], "uses_val_groups": flags[1],
                     "score": score, "wg": wg, "avg": avg, "epoch": epoch if isinstance(epoch, int) else None,
+                    **{f"metric:{m}": _value(entry, f"test/{m}") for m in metrics},
                     **entry_task_values(entry, base["tasks"])})
     return out
 
@@ -127,8 +129,8 @@ def _run_counts(bases: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[
     return {k: {"n_run_dirs": n, "n_distinct_runs": len(distinct[k])} for k, n in dirs.items()}
 
 
-def _scan(runs_dir: Path, only: Collection[Path] | None,
-          split_by: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[SkippedRun]]:
+def _scan(runs_dir: Path, only: Collection[Path] | None, split_by: Sequence[str] = (),
+          metrics: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[SkippedRun]]:
     """(run bases, per-protocol records, skipped runs) of the finished runs under runs_dir (or in `only`),
     methods split by the `split_by` hparams (see `_method`)."""
     runs, skipped = scan_runs(runs_dir)
@@ -138,7 +140,7 @@ def _scan(runs_dir: Path, only: Collection[Path] | None,
         skipped = [s for s in skipped if s.path.resolve() in keep]
     bases = [_run_base(runs_dir, run, split_by) for run in runs]
     check_split_by(split_by, bases)
-    return bases, [rec for base, run in zip(bases, runs) for rec in _run_records(base, run.final)], skipped
+    return bases, [rec for base, run in zip(bases, runs) for rec in _run_records(base, run.final, metrics)], skipped
 
 
 def run_records(runs_dir: Path, only: Collection[Path] | None = None, split_by: Sequence[str] = ()) -> pd.DataFrame:
@@ -147,20 +149,20 @@ def run_records(runs_dir: Path, only: Collection[Path] | None = None, split_by: 
     return pd.DataFrame(_scan(Path(runs_dir), only, split_by)[1])
 
 
-def scan_rows(runs_dir: Path, only: Collection[Path] | None = None,
-              split_by: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[SkippedRun]]:
+def scan_rows(runs_dir: Path, only: Collection[Path] | None = None, split_by: Sequence[str] = (),
+              metrics: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[SkippedRun]]:
     """(rows, skipped): one row per (dataset, method, backbone, selection protocol) over the usable
     finished runs under runs_dir (only the run directories in `only`, when given: e.g. one sweep's jobs),
     and the damaged run directories left out with the reason."""
     runs_dir = Path(runs_dir)
-    bases, records, skipped = _scan(runs_dir, only, split_by)
+    bases, records, skipped = _scan(runs_dir, only, split_by, metrics)
     if not records:
         return [], skipped
     counts = _run_counts(bases)
     df = pd.DataFrame(records).sort_values("run")
     # The same configuration and seed finished twice (e.g. two --out dirs) is one seed, not two.
     df = df.drop_duplicates(subset=["config_key", "seed", "protocol"], keep="first")
-    rows = add_delta_m([{**summarise(g), **counts[key[:3]]}
+    rows = add_delta_m([{**summarise(g, metrics), **counts[key[:3]]}
                         for key, g in df.groupby(["dataset", "method", "backbone", "protocol"], sort=True)])
     return sorted(rows, key=lambda r: (r["dataset"], *protocol_order(r), -r["test_worst_group_acc_mean"],
                                        r["method"], r["backbone"])), skipped
@@ -172,16 +174,20 @@ def collect_rows(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 def checked_rows(runs_dir: Path, warn: Warn | None = None, only: Collection[Path] | None = None,
-                 split_by: Sequence[str] = ()) -> list[dict[str, Any]]:
+                 split_by: Sequence[str] = (), metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Rows, or a ConfigError saying why there are none and what to do. Each damaged run directory that
     was skipped is passed to `warn` (before any error, so the caller can say why runs are missing)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ConfigError(f"runs directory {runs_dir} does not exist; pass the directory the runs were written "
                           f"under (by default ./runs)")
-    rows, skipped = scan_rows(runs_dir, only, split_by)
+    rows, skipped = scan_rows(runs_dir, only, split_by, metrics)
     for skip in skipped if warn is not None else []:
         warn(skip)
+    missing = [m for m in metrics if rows and not any((r["test_metrics"] or {}).get(m, {}).get("n") for r in rows)]
+    if missing:
+        raise ConfigError(f"metric {missing[0]!r}: no collected run has test/{missing[0]} (names as in final.json's "
+                          f"`test` entries, e.g. macro_f1, auroc, ece)")
     if not rows:
         damaged = f"; {plural(len(skipped), 'damaged run')} skipped" if skipped else ""
         raise ConfigError(f"no finished runs under {runs_dir} (a run is finished when its directory holds "

@@ -7,6 +7,7 @@ from typing import Any
 from ..metrics import GROUP_FREE_METRICS
 from ..registry import CORE_DIST
 from ..saliency import MAX_EXAMPLES
+from .fit_table import fit_table
 from .multitask import BASELINE, dataset_tasks, has_rho
 from .select import plural, protocol_order
 
@@ -182,13 +183,19 @@ def _task_cells(r: dict[str, Any], tasks: list[str], rho: bool, deltas: _Notes) 
     return before, [*after, delta_text(r, deltas)]
 
 
-def _cells(r: dict[str, Any], runs: _Notes, papers: _Notes) -> list[str]:
+def _metric_cells(r: dict[str, Any], metrics: list[str]) -> list[str]:
+    """The extra test metrics (`--metric`), percent `mean ± std` like the accuracies; blank where absent."""
+    values = r.get("test_metrics") or {}
+    return [task_pct(values.get(m), r["n_seeds"]) for m in metrics]
+
+
+def _cells(r: dict[str, Any], runs: _Notes, papers: _Notes, metrics: list[str]) -> list[str]:
     reported = r["source"] == "reported"
     avg = pct(r["test_avg_acc_mean"], r["test_avg_acc_std"])
     if avg and r["avg_metric"] != "avg_acc":
         avg += " †"
     return [r["method"], r["backbone"], selection_cell(r),
-            pct(r["test_worst_group_acc_mean"], r["test_worst_group_acc_std"]), avg,
+            pct(r["test_worst_group_acc_mean"], r["test_worst_group_acc_std"]), avg, *_metric_cells(r, metrics),
             "" if r["n_seeds"] is None else str(r["n_seeds"]),
             "yes" if r["uses_train_groups"] else "no",
             ("yes" if r["uses_val_groups_any"] else "no") + (test_labels_text(r) if r["oracle"] else ""),
@@ -222,44 +229,23 @@ RHO_NOTE = (
     f"fixed subset of at most {MAX_EXAMPLES:,} examples); lower is better; blank for runs without it.")
 
 
-def _columns(tasks: list[str], rho: bool) -> list[str]:
-    """The table's columns: per-task accuracy, ρ_spur and Δm only for a multi-task dataset."""
+def _columns(tasks: list[str], rho: bool, metrics: list[str]) -> list[str]:
+    """The table's columns: per-task accuracy, ρ_spur and Δm only for a multi-task dataset; extra metrics."""
     accs = [f"Test acc. {t}" for t in tasks]
     after = ([f"ρ_spur {t}" for t in tasks] if rho else []) + (["Δm vs erm"] if tasks else [])
-    return ["Method", "Backbone", "Selection", "Test worst-group acc.", *accs, "Test avg acc.", *after, "Seeds",
+    extra = [f"Test {m}" for m in metrics]
+    return ["Method", "Backbone", "Selection", "Test worst-group acc.", *accs, "Test avg acc.", *after, *extra, "Seeds",
             "Train groups", "Val groups", "Attr. setting", "Configs", "Selected hparams", "Source"]
 
 
-def _row_cells(r: dict[str, Any], tasks: list[str], rho: bool, notes: tuple[_Notes, _Notes, _Notes]) -> list[str]:
+def _row_cells(r: dict[str, Any], tasks: list[str], rho: bool, notes: tuple[_Notes, _Notes, _Notes],
+               metrics: list[str]) -> list[str]:
     runs, papers, deltas = notes
-    cells = _cells(r, runs, papers)
+    cells = _cells(r, runs, papers, metrics)
     if tasks:
         before, after = _task_cells(r, tasks, rho, deltas)
         cells[4:5] = [*before, cells[4], *after]  # cells[4] is the average
     return cells
-
-
-FIT_PROTOCOL = "val_avg"  # in-distribution validation accuracy: how multi-task studies select (MT-CRL's analysis)
-
-
-def fit_table(mine: list[dict[str, Any]], tasks: list[str]) -> list[str]:
-    """A multi-task dataset's fit and generalisation table: per method, the training-subset, validation and test
-    accuracy and ρ_spur of each task, for one protocol's selected models ([] when no row has training accuracy)."""
-    rows = [r for r in mine if r["protocol"] == FIT_PROTOCOL] or [
-        r for r in mine if not r["oracle"] and r["protocol"] == mine[0]["protocol"]]
-    if not rows or not any(r["train_task_acc"] for r in rows):
-        return []
-    fields = (("Train", "train_task_acc"), ("Val", "val_task_acc"), ("Test", "test_task_acc"))
-    cols = ["Method", "Backbone", *[f"{name} acc. {t}" for name, _ in fields for t in tasks],
-            *[f"ρ_spur {t}" for t in tasks]]
-    body = ["| " + " | ".join([r["method"], r["backbone"],
-                               *[task_pct((r[f] or {}).get(t), r["n_seeds"]) for _, f in fields for t in tasks],
-                               *[rho_text((r["test_rho_spur"] or {}).get(t), r["n_seeds"]) for t in tasks]]) + " |"
-            for r in rows]
-    return [f"**Fit and generalisation** ({rows[0]['selection']} selection): each task's accuracy on a fixed subset "
-            f"of at most {MAX_EXAMPLES:,} training examples, on validation (in distribution) and on test, and ρ_spur, "
-            "for the selected models; mean ± std over seeds.", "", "| " + " | ".join(cols) + " |",
-            "|" + "---|" * len(cols), *body, ""]
 
 
 def render_markdown(rows: list[dict[str, Any]], dataset: str, command: str | None = None) -> str:
@@ -270,10 +256,11 @@ def render_markdown(rows: list[dict[str, Any]], dataset: str, command: str | Non
     tasks = dataset_tasks(rows)
     rho = bool(tasks) and has_rho(mine)
     show_providers = any(c.get("dist") != CORE_DIST for r in mine for c in r["components"].values())
-    cols = _columns(tasks, rho) + (["Providers"] if show_providers else [])
+    metrics = list(next((r["test_metrics"] for r in mine if r.get("test_metrics")), None) or [])
+    cols = _columns(tasks, rho, metrics) + (["Providers"] if show_providers else [])
     notes = (_Notes(""), _Notes("R"), _Notes("Δ"))
     runs, papers, deltas = notes
-    body = ["| " + " | ".join(_row_cells(r, tasks, rho, notes) + ([_providers(r) if r in mine else ""]
+    body = ["| " + " | ".join(_row_cells(r, tasks, rho, notes, metrics) + ([_providers(r) if r in mine else ""]
                                                                  if show_providers else [])) + " |" for r in rows]
     dagger = any(r["avg_metric"] not in (None, "avg_acc") for r in rows)
     lines = [
@@ -284,8 +271,10 @@ def render_markdown(rows: list[dict[str, Any]], dataset: str, command: str | Non
         "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), *body,
         "", NOTE + (" † The paper's average is not per-example accuracy: see the row's `avg_metric` (e.g. "
                     "avg_acc_duplicated, over identity-duplicated rows)." if dagger else "")
-        + (" " + MULTITASK_NOTE.format(rho=RHO_NOTE if rho else "") if tasks else ""), "",
+        + (" " + MULTITASK_NOTE.format(rho=RHO_NOTE if rho else "") if tasks else "")
+        + (f" Test {', Test '.join(metrics)}: the test metric of that name at the selected epochs (formulas: "
+           "docs/results-format.md), in percent, mean ± std over seeds." if metrics else ""), "",
         *runs.lines(), *deltas.lines(), *papers.lines(), *_references(rows), "",
-        *(fit_table(mine, tasks) if tasks and mine else []),
+        *(fit_table(mine, tasks, task_pct, rho_text) if tasks and mine else []),
     ]
     return "\n".join(lines)

@@ -38,7 +38,7 @@ def entry_task_values(entry: dict[str, Any], tasks: list[str] | None) -> dict[st
     return {**accs, "rho": {t: _number(saliency.get(f"test/rho_spur/{t}")) for t in tasks}}
 
 
-def _stats(per_seed: list[float | None]) -> dict[str, Any]:
+def seed_stats(per_seed: list[float | None]) -> dict[str, Any]:
     """mean, sample std, standard error and n over the seeds that have a value; per_seed as given."""
     values = [v for v in per_seed if v is not None]
     n = len(values)
@@ -48,7 +48,7 @@ def _stats(per_seed: list[float | None]) -> dict[str, Any]:
 
 
 def task_summary(chosen: pd.DataFrame, column: str, tasks: list[str] | None) -> dict[str, Any] | None:
-    """Per task, `_stats` of `column` over the chosen runs (aligned with their seeds); None when the rows have
+    """Per task, `seed_stats` of `column` over the chosen runs (aligned with their seeds); None when the rows have
     one task, or (ρ_spur of runs written before it existed) no run has any value."""
     if not tasks:
         return None
@@ -56,7 +56,7 @@ def task_summary(chosen: pd.DataFrame, column: str, tasks: list[str] | None) -> 
     per_task = {t: [v.get(t) if isinstance(v, dict) else None for v in chosen[column]] for t in tasks}
     if not any(v is not None for vs in per_task.values() for v in vs):
         return None
-    return {t: _stats(vs) for t, vs in per_task.items()}
+    return {t: seed_stats(vs) for t, vs in per_task.items()}
 
 
 def _delta_m_per_seed(row: dict[str, Any], base: dict[str, Any]) -> dict[int, float]:
@@ -95,7 +95,7 @@ def add_delta_m(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not per_seed:
             _no_delta(row, f"no seed shared with {BASELINE}'s selected configuration (with every task's accuracy).")
             continue
-        stats = _stats(list(per_seed.values()))
+        stats = seed_stats(list(per_seed.values()))
         row.update(delta_m_mean=stats["mean"], delta_m_std=stats["std"], delta_m_seeds=list(per_seed),
                    delta_m_per_seed=list(per_seed.values()), delta_m_note=None)
     return rows
@@ -110,4 +110,4 @@ def has_rho(rows: list[dict[str, Any]]) -> bool:
     return any(r.get("test_rho_spur") for r in rows)
 
 
-__all__ = ["BASELINE", "run_tasks", "entry_task_values", "task_summary", "add_delta_m", "dataset_tasks", "has_rho"]
+__all__ = ["BASELINE", "seed_stats", "run_tasks", "entry_task_values", "task_summary", "add_delta_m", "dataset_tasks", "has_rho"]

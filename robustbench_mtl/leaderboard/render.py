@@ -60,12 +60,17 @@ def _task_record(r: dict[str, Any], tasks: list[str]) -> dict[str, Any]:
             "delta_m_seeds": _joined(r["delta_m_seeds"]), "delta_m_note": r["delta_m_note"]}
 
 
+def _metric_record(r: dict[str, Any]) -> dict[str, Any]:
+    """The extra test metrics (`--metric`): `test_<name>_mean`, `_std`."""
+    return {f"test_{m}_{k}": (s or {}).get(k) for m, s in (r.get("test_metrics") or {}).items() for k in ("mean", "std")}
+
+
 def render_csv(rows: list[dict[str, Any]], dataset: str, command: str | None = None) -> str:
     """One line per row (`command` has no place in CSV and is not written); a multi-task dataset's rows
     also have the columns of `_task_record`."""
     mine = ordered([r for r in rows if r["dataset"] == dataset])
     tasks = dataset_tasks(mine)
-    records = [{**_csv_record(r), **(_task_record(r, tasks) if tasks else {})} for r in mine]
+    records = [{**_csv_record(r), **_metric_record(r), **(_task_record(r, tasks) if tasks else {})} for r in mine]
     return pd.DataFrame(records).to_csv(index=False)
 
 

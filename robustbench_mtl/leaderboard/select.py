@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import pandas as pd
 
 from ..errors import ConfigError, PluginError
 from ..registry import SELECTIONS
-from .multitask import task_summary
+from .multitask import seed_stats, task_summary
 
 # Every row, reproduced or reported, has exactly these keys (a reported row leaves unknown ones null).
 ROW_KEYS = (
@@ -18,7 +18,7 @@ ROW_KEYS = (
     "algorithm_uses_val_groups", "uses_val_groups_any",
     "test_worst_group_acc_mean", "test_worst_group_acc_std", "test_worst_group_acc_sem",
     "test_avg_acc_mean", "test_avg_acc_std", "test_avg_acc_sem", "avg_metric",
-    "n_seeds", "seeds", "epochs", "test_worst_group_acc_per_seed", "test_avg_acc_per_seed",
+    "n_seeds", "seeds", "epochs", "test_worst_group_acc_per_seed", "test_avg_acc_per_seed", "test_metrics",
     "configuration", "selected_hparams", "searched_hparams", "n_configurations", "n_configurations_incomplete",
     "n_runs_compared", "n_run_dirs", "n_distinct_runs", "components", "data_fingerprints", "provenance", "runs",
     "citation", "reported_as",
@@ -118,7 +118,15 @@ def _distinct(values: pd.Series) -> list[Any]:
     return list(dict.fromkeys(None if pd.isna(v) else v for v in values))
 
 
-def summarise(group: pd.DataFrame) -> dict[str, Any]:
+def metric_summary(chosen: pd.DataFrame, metrics: Sequence[str]) -> dict[str, Any] | None:
+    """`seed_stats` of each extra test metric over the chosen runs (aligned with their seeds); None when none
+    was asked for."""
+    if not metrics:
+        return None
+    return {m: seed_stats([None if pd.isna(v) else float(v) for v in chosen[f"metric:{m}"]]) for m in metrics}
+
+
+def summarise(group: pd.DataFrame, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """One row: pick the configuration with the best mean selection score (see `_choose`), then summarise
     its seeds (the run counts n_run_dirs and n_distinct_runs are added by the caller)."""
     chosen, means, n_out, rule = _choose(group)
@@ -141,6 +149,7 @@ def summarise(group: pd.DataFrame) -> dict[str, Any]:
         "epochs": [int(e) if pd.notna(e) else None for e in chosen["epoch"]],
         "test_worst_group_acc_per_seed": [float(v) for v in chosen["wg"]],
         "test_avg_acc_per_seed": [float(v) for v in chosen["avg"]],
+        "test_metrics": metric_summary(chosen, metrics),
         "configuration": json.loads(first["config_key"]), "selected_hparams": selected,
         "searched_hparams": searched, "n_configurations": len(means), "n_configurations_incomplete": n_out,
         "n_runs_compared": len(compared), "n_run_dirs": None, "n_distinct_runs": None,

@@ -16,8 +16,8 @@ DEFAULT_FORMATS = ("md", "json")
 
 
 def _rows(runs_dir: Path, warn: Warn | None, only: Collection[Path] | None, reported: bool,
-          split_by: Sequence[str] = ()) -> list[dict[str, Any]]:
-    rows = checked_rows(runs_dir, warn, only, split_by)
+          split_by: Sequence[str] = (), metrics: Sequence[str] = ()) -> list[dict[str, Any]]:
+    rows = checked_rows(runs_dir, warn, only, split_by, metrics)
     # Reported rows only beside datasets that have runs: a table is never made of paper numbers alone.
     return rows + (reported_rows({r["dataset"] for r in rows}) if reported else [])
 
@@ -29,13 +29,13 @@ def _formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None,
                        only: Collection[Path] | None = None, command: str | None = None, *,
                        formats: str | Sequence[str] = DEFAULT_FORMATS, reported: bool = False,
-                       split_by: Sequence[str] = ()) -> list[Path]:
+                       split_by: Sequence[str] = (), metrics: Sequence[str] = ()) -> list[Path]:
     """Write `<dataset>.<format>` per dataset and format (default Markdown and JSON rows) into out_dir;
     return the paths. `command`, when given, is printed at the top of each table as the command that
     regenerates it; `reported` adds the papers' numbers as "reported" rows; runs that differ in a `split_by`
-    hparam (`scope.field`) are rows of their own."""
+    hparam (`scope.field`) are rows of their own; `metrics` (test metric names) are extra columns."""
     names = _formats(formats)
-    rows = _rows(runs_dir, warn, only, reported, split_by)
+    rows = _rows(runs_dir, warn, only, reported, split_by, metrics)
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         for fmt in names:
@@ -47,12 +47,12 @@ def write_leaderboards(runs_dir: Path, out_dir: Path, warn: Warn | None = None,
 
 def leaderboard_text(runs_dir: Path, fmt: str = "md", warn: Warn | None = None,
                      only: Collection[Path] | None = None, reported: bool = False,
-                     split_by: Sequence[str] = ()) -> str:
+                     split_by: Sequence[str] = (), metrics: Sequence[str] = ()) -> str:
     """Every dataset's table in one format, for printing (JSON: one list of every dataset's rows)."""
     names = _formats(fmt)
     if len(names) != 1:
         raise ConfigError(f"printing takes one format (got {','.join(names)}); add --out DIR to write several")
-    rows = _rows(runs_dir, warn, only, reported, split_by)
+    rows = _rows(runs_dir, warn, only, reported, split_by, metrics)
     datasets = sorted({r["dataset"] for r in rows})
     if names[0] == "json":
         return dumps([r for d in datasets for r in ordered([r for r in rows if r["dataset"] == d])])
