@@ -9,7 +9,8 @@ a 2-core machine the target is >= 1.8x. Other load on the machine makes the rati
 It also prints the machine's own ceiling for this work, without the launcher: two of the sweep's jobs run
 as two plain `robustbench-mtl run` processes one after the other, then both at once (ratio = sequential /
 concurrent wall time). On virtual CPUs that share a physical core, or share caches and memory bandwidth,
-this ceiling is below 2x, and no launcher can beat it.
+this ceiling is below 2x, and no launcher can beat it. Last, the same sweep at 1 epoch per job shows the
+launch's fixed cost (worker start-up, first-job imports), which more workers do not shorten.
 
     python benchmarks/sweep.py --epochs 50             # CPU workers; taskset -c 0,1 ... to pin to 2 cores
 """
@@ -78,12 +79,16 @@ def main() -> None:
         one = sweep_once(1, args.epochs, Path(tmp), args.gpus)
         two = sweep_once(2, args.epochs, Path(tmp), args.gpus)
         seq, par = ceiling(args.epochs, Path(tmp)) if args.gpus == "none" else (None, None)
+        # What does not shrink with more workers: the same 8 jobs at 1 epoch each (start-up dominated)
+        fixed = [sweep_once(n, 1, Path(tmp), args.gpus) for n in (1, 2)]
     from robustbench_mtl.sweep import cores
 
     print(f"8 synthetic jobs, {args.epochs} epochs each, {cores()} cores, gpus={args.gpus}")
     print(f"1 worker:  {one:.1f} s")
     print(f"2 workers: {two:.1f} s")
     print(f"throughput ratio (2 workers / 1 worker): {one / two:.2f}x (target >= 1.8x on 2 cores)")
+    print(f"the same sweep at 1 epoch per job (launch and start-up cost): 1 worker {fixed[0]:.1f} s, "
+          f"2 workers {fixed[1]:.1f} s")
     if seq is not None:
         print(f"ceiling without the launcher: 2 runs one after the other {seq:.1f} s, both at once {par:.1f} s: "
               f"{seq / par:.2f}x")
