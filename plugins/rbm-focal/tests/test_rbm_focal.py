@@ -14,29 +14,31 @@ from robustbench_mtl.types import Outputs
 
 
 def test_conformance() -> None:
-    testing.check_algorithm("focal")
-    testing.check_algorithm("focal", aux=("rotation",))
+    testing.check_algorithm("focal_alpha")
+    testing.check_algorithm("focal_alpha", aux=("rotation",))
     testing.check_objective("rotation")
     testing.check_backbone("small_cnn")
     testing.check_dataset("two_moons_spurious", n_train=200, n_val_per_group=20, n_test_per_group=20)
 
 
-def _focal(gamma: float):  # type: ignore[no-untyped-def]
-    cls = ALGORITHMS.get("focal")
+def _focal(gamma: float, alpha: float = 0.5):  # type: ignore[no-untyped-def]
+    cls = ALGORITHMS.get("focal_alpha")
     algo = cls.__new__(cls)
-    algo.hparams = cls.HParams(gamma=gamma)
+    algo.hparams = cls.HParams(gamma=gamma, alpha=alpha)
     return algo
 
 
 def test_focal_matches_the_formula_and_reduces_to_ce() -> None:
     logits = torch.tensor([[2.0, -1.0], [0.0, 0.5], [1.0, 1.0]])
-    y = torch.tensor([0, 0, -1])
+    y = torch.tensor([0, 1, -1])
     batch = type("B", (), {"y": {"y": y}})()
     out = Outputs(pooled=logits, logits={"y": logits})
     ce = torch.nn.functional.cross_entropy(logits[:2], y[:2], reduction="none")
     p_t = torch.exp(-ce)
-    assert torch.allclose(_focal(2.0).task_losses(out, batch)[:2], (1 - p_t) ** 2 * ce)
-    assert torch.allclose(_focal(0.0).task_losses(out, batch)[:2], ce)
+    # alpha 0.25: class 0 weighs 0.75, class 1 weighs 0.25 (eq. 5)
+    expected = torch.tensor([0.75, 0.25]) * (1 - p_t) ** 2 * ce
+    assert torch.allclose(_focal(2.0, 0.25).task_losses(out, batch)[:2], expected)
+    assert torch.allclose(_focal(0.0).task_losses(out, batch)[:2], 0.5 * ce)  # gamma 0, alpha 0.5: CE / 2
     assert _focal(2.0).task_losses(out, batch)[2] == 0  # a missing label contributes nothing
 
 
@@ -59,10 +61,20 @@ def test_two_moons_is_spurious_in_train_and_balanced_elsewhere() -> None:
 
 
 def test_focal_runs_on_synthetic(tmp_path: Path) -> None:
-    res = run(RunSpec(data="synthetic", algorithm="focal", overrides=("train.epochs=2",)), tmp_path / "r")
+    res = run(RunSpec(data="synthetic", algorithm="focal_alpha", overrides=("train.epochs=2",)), tmp_path / "r")
     assert res.final["status"] == "finished"
     config = json.loads((tmp_path / "r" / "config.json").read_text())
     assert config["components"]["algorithm"]["dist"] == "robustbench-mtl-focal"
+
+
+def test_focal_alpha_refuses_a_task_with_more_than_two_classes() -> None:
+    import pytest
+
+    from robustbench_mtl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs binary tasks; task 'left' of dataset 'multidigits' has 10 classes"):
+        run(RunSpec(data="multidigits", algorithm="focal_alpha"), Path("never-written"))
+    assert not Path("never-written").exists()
 
 
 def test_rotation_with_small_cnn_runs_on_toybirds(tmp_path: Path) -> None:
