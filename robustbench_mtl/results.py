@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(Path(path), lambda fh: torch.save(obj, fh))
+
+
+def atomic_link(src: Path, path: Path) -> None:
+    """`path` becomes a file with `src`'s bytes, atomically: a hard link (no second write), or a copy where the
+    filesystem has none. A later replacement of `src` (a new file) leaves `path` as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -203,3 +203,29 @@ def test_a_bad_input_found_after_the_lock_leaves_no_directory(tmp_path: Path, mo
     with pytest.raises(ConfigError, match="dataset files are missing"):
         run(RunSpec("synthetic", "erm", overrides=("train.epochs=1",)), tmp_path / "new" / "r")
     assert not (tmp_path / "new" / "r").exists()
+
+
+def test_protocols_choosing_the_same_epoch_share_one_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from robustbench_mtl import selection
+    from robustbench_mtl.results import atomic_link
+
+    writes = []
+    real = selection.atomic_torch_save
+    monkeypatch.setattr(selection, "atomic_torch_save", lambda obj, path: (writes.append(path), real(obj, path)))
+    model = torch.nn.Linear(2, 2)
+    keys = ("val/worst_group_acc", "val/avg_acc", "test/worst_group_acc", "test/avg_acc")
+    record = {"epoch": 0, **{k: 0.5 for k in keys}}
+    selection.save_selected_models(tmp_path, [record], 0, model)
+    files = sorted((tmp_path / "selected").glob("*.pt"))
+    assert len(writes) == 1 and len(files) >= 4  # every protocol chose the only record: one write, the rest links
+    first = torch.load(files[0], weights_only=True)
+    assert all(torch.equal(torch.load(f, weights_only=True)["weight"], first["weight"]) for f in files)
+    # Replacing one file later (a new best for one protocol) leaves the others as they were.
+    src = tmp_path / "src.pt"
+    torch.save({"w": torch.ones(1)}, src)
+    atomic_link(src, tmp_path / "a.pt")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "new.pt")
+    os.replace(tmp_path / "new.pt", src)
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["w"].item() == 1.0
