@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from robustbench_mtl import leaderboard as lb
+from robustbench_mtl.leaderboard.render import _group_labels
 from robustbench_mtl.cli import main
 from robustbench_mtl.errors import ConfigError
 from robustbench_mtl.leaderboard.select import ROW_KEYS
@@ -252,6 +253,11 @@ def test_latex_is_a_booktabs_tabular_with_escaped_cells(tmp_path: Path) -> None:
     assert "erm & mlp from a\\&b\\_50\\%\\#1 & Val-GP & 65.0 $\\pm$ 7.1 & 90.0 $\\pm$ 0.0 & 2 & val & reproduced \\\\" \
         in tex
     assert "Oracle (test) & " in tex and "& test & reproduced" in tex and "±" not in tex
+    # an oracle that selects on test accuracy alone reads test labels, not test groups
+    rows = [dict(r, oracle=True, selection_metric="test/avg_acc", uses_train_groups=False, uses_val_groups_any=False)
+            for r in lb.collect_rows(tmp_path / "runs") if r["dataset"] == "synthetic"][:1]
+    assert _group_labels(rows[0]) == "none"
+    assert _group_labels(dict(rows[0], selection_metric="test/worst_group_acc")) == "test"
     wb = (tmp_path / "lb" / "waterbirds.tex").read_text()
     assert "mt\\_l1 + mim & vit\\_b16 & Val-GP & 87.5 $\\pm$ 2.7 & 95.4 $\\pm$ 0.4 & 5 & val & reported (Tables" in wb
 

@@ -8,7 +8,8 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..results import dumps
-from .markdown import hparams_text, ordered, pct, provenance_text, render_markdown, selection_cell, value_text
+from .markdown import (hparams_text, ordered, pct, provenance_text, render_markdown, selection_cell,
+                       test_labels_text, value_text)
 from .multitask import dataset_tasks
 
 FORMATS = ("md", "json", "csv", "tex")
@@ -75,7 +76,9 @@ def render_csv(rows: list[dict[str, Any]], dataset: str, command: str | None = N
 
 
 def _group_labels(r: dict[str, Any]) -> str:
-    used = {"train": r["uses_train_groups"], "val": r["uses_val_groups_any"], "test": r["oracle"]}
+    """Where group labels were used: train, val, and test for an oracle whose metric reads test groups."""
+    test_groups = r["oracle"] and test_labels_text(r) == " (test groups)"
+    used = {"train": r["uses_train_groups"], "val": r["uses_val_groups_any"], "test": test_groups}
     return "+".join(name for name, yes in used.items() if yes) or "none"
 
 
