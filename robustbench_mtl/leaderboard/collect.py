@@ -41,7 +41,7 @@ def check_split_by(split_by: Sequence[str], bases: list[dict[str, Any]]) -> None
         scope, _, field = key.partition(".")
         if not scope or not field or "." in field:
             raise ConfigError(f"split-by key {key!r} must look like scope.field (e.g. mtcrl.girm)")
-        if bases and not any(f"{key}=" in b["method"] for b in bases):
+        if bases and not any(f"[{key}=" in b["method"] or f", {key}=" in b["method"] for b in bases):
             raise ConfigError(f"split-by key {key!r}: no collected run has this hparam; `robustbench-mtl show` "
                               f"lists a component's hparams")
 
