@@ -1,4 +1,4 @@
-"""Training-split metrics of each protocol's selected model: the fit side of the generalisation gap."""
+"""Training-subset metrics of each selected model of a multi-task run: the fit side of the generalisation gap."""
 from __future__ import annotations
 
 import math

@@ -162,13 +162,15 @@ def _final(trainer: Trainer, resumed: int | None, seconds: float) -> dict[str, A
     # rho_spur of each protocol's selected model, into its entry (datasets that declare spurious regions only)
     saliency = selected_rho_spur(trainer.algo, trainer.r.dataset, trainer.test, trainer.out, selections,
                                  t.eval_batch_size)
+    # Training-subset metrics feed the multi-task fit table; elsewhere nothing reads them, so no run pays for them
     fit = selected_train_metrics(trainer.algo.model, trainer.train, trainer.out, selections,
-                                 lambda split: evaluate(trainer.algo, split, "train", trainer.r))
+                                 lambda split: evaluate(trainer.algo, split, "train", trainer.r)
+                                 ) if len(trainer.r.info.tasks) > 1 else None
     return {"status": "finished", "epochs_run": epochs_run,
             "stopped_early": trainer.stopped and epochs_run < t.epochs,  # a stop on the last epoch ends nothing early
             "selection_patience": t.patience, "resumed_from_epoch": resumed,
             "time_s_this_session": seconds,
-            "selections": selections, "train_metrics": fit,
+            "selections": selections, **({"train_metrics": fit} if fit is not None else {}),
             **({"saliency": saliency} if saliency is not None else {})}
 
 

@@ -194,7 +194,8 @@ def test_final_json_fields_after_a_real_multidigits_run(tmp_path: Path) -> None:
 def test_train_metrics_of_the_selected_model_on_a_fixed_training_subset(tmp_path: Path) -> None:
     from robustbench_mtl.trainer import evaluate
 
-    spec = RunSpec("synthetic", "erm", threads=1, overrides=("train.epochs=2", "data.n_train=2400"))
+    spec = RunSpec("multidigits", "erm", threads=1,
+                   overrides=("train.epochs=1", "data.n_train=1100", "data.n_val=200", "data.n_test=200"))
     out = tmp_path / "r"
     final = run(spec, out).final
     assert final["train_metrics"] == {"split": "train", "max_examples": MAX_EXAMPLES, "examples": MAX_EXAMPLES}
@@ -205,6 +206,9 @@ def test_train_metrics_of_the_selected_model_on_a_fixed_training_subset(tmp_path
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:MAX_EXAMPLES].sort().values
     expected = evaluate(algo, train.subset(idx), "train", r)
     entry = final["selections"]["val_avg"]
-    assert entry["train"]["avg_acc"] == pytest.approx(expected["train/avg_acc"], rel=1e-6)
+    assert entry["train"]["avg_acc/left"] == pytest.approx(expected["train/avg_acc/left"], rel=1e-6)
     # erm sees no training groups: no group metrics rather than nulls
     assert "worst_group_acc" not in entry["train"] and "worst_class_acc" in entry["train"]
+    # one-task runs: nothing reads training-subset metrics, so none are measured
+    one = run(RunSpec("synthetic", "erm", threads=1, overrides=("train.epochs=1",)), tmp_path / "one").final
+    assert "train_metrics" not in one and not any("train" in e for e in one["selections"].values())
