@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from ..types import Batch, Outputs
-from .base import Algorithm
+from ._counting import CountsUpdates
 
 
 def env_risks(losses: Tensor, e: Tensor) -> Tensor:
@@ -29,7 +29,7 @@ def annealed_weight(step: int, anneal_steps: int, weight: float) -> float:
     return weight if step >= anneal_steps else 1.0
 
 
-class AnnealedPenalty(Algorithm, abc.ABC):
+class AnnealedPenalty(CountsUpdates, abc.ABC):
     """risk + lambda(step) * penalty (+ weighted --aux terms), lambda = 1 for `anneal_steps` updates and
     then `penalty_weight`; with `rescale` the loss is divided by lambda when lambda > 1, and with
     `reset_optimizer` the optimizer's moments are cleared at the anneal step (DomainBed). The update count
@@ -37,10 +37,6 @@ class AnnealedPenalty(Algorithm, abc.ABC):
     """
 
     penalty_key: ClassVar[str]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.updates = 0  # drives the anneal schedule; checkpointed
 
     @abc.abstractmethod
     def penalty_terms(self, out: Outputs, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -63,12 +59,4 @@ class AnnealedPenalty(Algorithm, abc.ABC):
         h = self.hparams
         if h.reset_optimizer and h.anneal_steps > 0 and self.updates == h.anneal_steps:
             self.optimizer.state.clear()  # the penalty's scale jumps: stale moments would mis-scale steps
-        losses = super().update(batch, aux_batch)
-        self.updates += 1
-        return losses
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.updates = int(state.get("updates", 0))
+        return super().update(batch, aux_batch)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ..hparams import Choice, hp
 from ..registry import ALGORITHMS
 from ..types import Batch
-from .base import Algorithm
+from ._counting import CountsUpdates
 
 HIDDEN = 256  # discriminator width: rep_dim -> 256 -> 256 -> |E|
 GAMMA = 10.0  # steepness of the reversal schedule (Ganin et al.)
@@ -46,7 +46,7 @@ def reversal_coefficient(progress: float) -> float:
 
 
 @ALGORITHMS.register("dann")
-class DANN(Algorithm):
+class DANN(CountsUpdates):
     """DANN: the representation is trained to fool an environment discriminator (gradient reversal).
 
     Reference: Ganin et al., "Domain-Adversarial Training of Neural Networks", JMLR 2016; its multi-task use as
@@ -69,7 +69,6 @@ class DANN(Algorithm):
         device = next(self.model.parameters()).device
         self.discriminator = nn.Sequential(nn.Linear(dim, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(),
                                            nn.Linear(HIDDEN, n_envs)).to(device)
-        self.updates = 0  # training progress for the reversal schedule; checkpointed
 
     def reversal(self) -> float:
         return reversal_coefficient(self.updates / max(1, self.total_steps))
@@ -82,13 +81,3 @@ class DANN(Algorithm):
         total, parts = self.with_objectives(task + self.hparams.domain_weight * domain, batch, aux_batch, out)
         return total, {"loss_task": task, "loss_domain": domain, **parts}
 
-    def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
-        losses = super().update(batch, aux_batch)
-        self.updates += 1
-        return losses
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"updates": self.updates}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.updates = int(state.get("updates", 0))

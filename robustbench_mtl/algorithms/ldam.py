@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +11,7 @@ from ..hparams import Choice, LogUniform, hp
 from ..registry import ALGORITHMS
 from ..types import Batch, Outputs
 from ._class_counts import ClassCountAlgorithm, class_balanced_weights
+from ._counting import CountsUpdates
 
 DRW_BETA = 0.9999  # the reference code's beta of the deferred class-balanced weights
 
@@ -58,7 +58,7 @@ def batch_normalised(weights: Tensor, known: Tensor) -> Tensor:
 
 
 @ALGORITHMS.register("ldam")
-class LDAM(ClassCountAlgorithm):
+class LDAM(CountsUpdates, ClassCountAlgorithm):
     """LDAM-DRW: CE(s * (z - Delta_y e_y), y) with Delta_c proportional to n_c^(-1/4); late in training, class-weighted.
 
     Reference: Cao, Wei, Gaidon, Arechiga, Ma, "Learning Imbalanced Datasets with Label-Distribution-Aware
@@ -76,10 +76,6 @@ class LDAM(ClassCountAlgorithm):
 
     HParams = LDAMHParams
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.updates = 0  # for the DRW switch; checkpointed
-
     def _task_loss(self, task: str, logits: Tensor, labels: Tensor, reweight: bool) -> Tensor:
         counts, hp_ = self.counts(task), self.hparams
         z = ldam_logits(logits.float(), labels, ldam_margins(counts, hp_.max_m), hp_.s)
@@ -93,15 +89,3 @@ class LDAM(ClassCountAlgorithm):
         reweight = drw_active(self.updates, self.total_steps, self.hparams.drw_start)
         losses = [self._task_loss(task, logits, batch.y[task], reweight) for task, logits in out.logits.items()]
         return losses[0] if len(losses) == 1 else torch.stack(losses).sum(0)
-
-    def update(self, batch: Batch, aux_batch: Batch | None = None) -> dict[str, float]:
-        losses = super().update(batch, aux_batch)
-        self.updates += 1
-        return losses
-
-    def extra_state(self) -> dict[str, Any]:
-        return {**super().extra_state(), "updates": self.updates}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        super().load_extra_state(state)
-        self.updates = int(state.get("updates", 0))

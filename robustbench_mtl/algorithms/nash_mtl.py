@@ -12,6 +12,7 @@ from ..data.base import DataInfo
 from ..errors import ConfigError
 from ..hparams import hp
 from ..registry import ALGORITHMS
+from ._counting import CountsUpdates
 from ._surgery import GradientSurgery
 
 
@@ -77,7 +78,7 @@ def clip_norm(direction: Tensor, max_norm: float) -> Tensor:
 
 
 @ALGORITHMS.register("nash_mtl")
-class NashMTL(GradientSurgery):
+class NashMTL(CountsUpdates, GradientSurgery):
     """Nash-MTL: the shared gradient sum_t alpha_t g_t with G G' alpha = 1 / alpha (the Nash bargaining solution).
 
     Reference: Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik, Fetaya, "Multi-Task Learning as a Bargaining
@@ -104,20 +105,18 @@ class NashMTL(GradientSurgery):
         n = len(self.info.tasks)
         self.solver = NashSolver(n)
         self.alpha = torch.ones(n, device=next(self.model.parameters()).device)  # checkpointed
-        self.updates = 0  # steps taken; checkpointed
 
     def combine(self, grads: Tensor) -> Tensor:
         if self.updates % self.hparams.update_weights_every == 0:
             solved = self.solver(grads @ grads.T)
             if solved is not None:
                 self.alpha = solved.to(self.alpha.device, self.alpha.dtype)
-        self.updates += 1
         return clip_norm(self.alpha.to(grads.dtype) @ grads, self.hparams.max_norm)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"alpha": self.alpha.detach().cpu().clone(), "updates": self.updates}
+        return {**super().extra_state(), "alpha": self.alpha.detach().cpu().clone()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
         if "alpha" in state:
             self.alpha = state["alpha"].to(self.alpha.device, self.alpha.dtype)
-            self.updates = int(state["updates"])
