@@ -8,22 +8,20 @@ else whole; either way it must stay inside the dataset directory (`Inside`), bef
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, DataNotFoundError
+from ..errors import DataNotFoundError
 from ..hparams import hp
 from ._augment import CropResize, Resize
-from ._files import Inside, OutsideRoot, removed_on_failure, safe_extraction
+from ._files import Inside, OutsideRoot, removed_on_failure
 from ._images import DEFAULT_ROOT, ImageFiles, Invalid, Rows, Source, stat_digest
 from ._store import MappedSplit, as_tensor, build_store, store_path
 from .base import SPLITS, TensorSplit, group_ids
@@ -33,6 +31,14 @@ COLUMNS = ("filename", "y", "a", "split")  # what SubpopBench's SubpopDataset re
 # shorter side. Here the store keeps the centre square of the shorter side, and the eval transform resizes it to
 # image_size * 256/224 and crops the centre image_size: the same view at any image_size.
 CROP_RATIO = 224 / 256
+
+
+def subpopbench_recipe(epochs: int) -> dict[str, Any]:
+    """SubpopBench's image defaults (hparams_registry.py) as `--set` values: ImageNet ResNet-50 at 224 px, SGD
+    momentum 0.9, lr 1e-3, weight decay 1e-4, batch 108, no early stopping (model selection reads every epoch);
+    `epochs` is the dataset's step budget as epochs of its training split [RECON: steps as epochs]."""
+    return {"data.image_size": 224, "train.optimizer": "sgd", "train.momentum": 0.9, "train.lr": 1e-3,
+            "train.weight_decay": 1e-4, "train.batch_size": 108, "train.epochs": epochs, "train.patience": 0}
 
 
 @dataclass(frozen=True)
@@ -245,64 +251,6 @@ def inspect_files(data_dir: Path, metadata_name: str, n_classes: int, n_attrs: i
     digest.update(str(data_dir.resolve()).encode())  # same files elsewhere: another cache entry
     digest.update(stat_digest(data_dir, names, paths, rows).encode())
     return Source(data_dir, rows, paths, y, a, split, digest.hexdigest())
-
-
-# -- prepare ---------------------------------------------------------------------------------------------------
-def fetch_archive(key: str, url: str, data_dir: Path, filename: str, fix: str) -> None:
-    """Download `url` into `data_dir` as `filename`, extract it there (members refused if they would land outside)
-    and delete the archive, with torchvision's downloader (redirects followed, errors raised); whatever fails
-    (network, HTTP, archive, disk) becomes one line. Progress goes to stderr: stdout holds only the directory."""
-    try:
-        from torchvision.datasets.utils import download_and_extract_archive
-    except ImportError:
-        raise ConfigError(f"prepare {key} needs torchvision's downloader: pip install torchvision") from None
-    with contextlib.redirect_stdout(sys.stderr), safe_extraction():
-        try:
-            download_and_extract_archive(url, str(data_dir), filename=filename, remove_finished=True)
-            return
-        except Exception as exc:  # urllib, HTTP, tarfile, disk: whatever it is, the line names it
-            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    raise DataNotFoundError(f"{key}: download from {url} failed ({cause}); {fix}")
-
-
-def prepare_files(cls: type[SubpopImages], root: Path, archives: Sequence[tuple[str, str, str]],
-                  write_metadata: Callable[[Path], pd.DataFrame]) -> Path:
-    """What both `prepare`s do: nothing if the files are complete; else download each archive (url, file name,
-    the folder it extracts to) whose folder is missing, write the metadata as SubpopBench's script does (only
-    when there is none: an existing file is never replaced), and verify all as a run reads them. On any failure
-    what this call created is removed (nothing older) and one line raised; returns the dataset directory."""
-    root = Path(root).expanduser()
-    with contextlib.suppress(Invalid):  # complete and valid already: nothing to do
-        return cls.inspect(root).data_dir
-    data_dir = root / cls.dir_name
-    meta_path = data_dir / cls.metadata_name
-    kept = [str(p) for p in (meta_path, *(data_dir / folder for _, _, folder in archives)) if p.exists()]
-    rerun = f"rerun: {cls.fix_hint(root)}" + (f" ({', '.join(kept)} predate this run, so they were kept: delete "
-                                              "them if this repeats)" if kept else "")
-    manual = "; ".join(f"extract {url} into {data_dir}" for url, _, _ in archives)
-    with removed_on_failure(data_dir):
-        for url, filename, folder in archives:
-            if not (data_dir / folder).exists():
-                fetch_archive(cls.key, url, data_dir, filename, f"check the network or download by hand: {manual}; "
-                                                                f"then {rerun}")
-        if not meta_path.exists():
-            frame = write_metadata(data_dir)
-            frame.to_csv(meta_path, index=False)
-        verify(cls, data_dir, rerun)
-    return data_dir
-
-
-def verify(cls: type[SubpopImages], data_dir: Path, rerun: str) -> None:
-    """The files read as a run reads them, and the examples per split against SubpopBench's release."""
-    try:
-        src = cls.inspect(data_dir.parent)
-    except Invalid as exc:
-        raise DataNotFoundError(f"{cls.key}: the files in {data_dir} are not usable ({exc}); {rerun}") from None
-    for value, want in cls.release_sizes.items():
-        got = int((src.split == cls.split_values.index(value)).sum())
-        if got != want:
-            raise DataNotFoundError(f"{cls.key}: {data_dir} has {got} images in split {value!r}, SubpopBench's "
-                                    f"release has {want}; {rerun}")
 
 
 def image_names(folder: Path, pattern: str) -> list[Path]:

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import pandas as pd
 
 from ..hparams import hp
 from ..registry import DATASETS
 from ._images import DEFAULT_ROOT, ROOT_ENV
-from ._subpop import SubpopImages, SubpopImagesHParams, image_names, prepare_files
+from ._subpop import SubpopImages, SubpopImagesHParams, image_names, subpopbench_recipe
+from ._subpop_prepare import prepare_files
 
 DIR = "backgrounds_challenge"  # <data_path>/backgrounds_challenge, as SubpopBench's download script writes it
 METADATA = "metadata.csv"
@@ -34,12 +35,8 @@ ARCHIVES = (
 # Each backgrounds-challenge test set: 450 images of each of the 9 classes (Xiao et al.). IN-9L's train and val
 # sizes are not checked (SubpopBench's paper reports 183,006 and 7,200; unconfirmed here).
 RELEASE_SIZES = {split: 4050 for split in TEST_SPLITS}
-SUBPOPBENCH_RECIPE: dict[str, Any] = {
-    # SubpopBench's image defaults: ImageNet ResNet-50 at 224 px, SGD momentum 0.9, lr 1e-3, weight decay 1e-4,
-    # batch 108; ImagenetBG's 10,001 steps of 108 = about 6 epochs of IN-9L train [RECON: steps as epochs].
-    "data.image_size": 224, "train.optimizer": "sgd", "train.momentum": 0.9, "train.lr": 1e-3,
-    "train.weight_decay": 1e-4, "train.batch_size": 108, "train.epochs": 6, "train.patience": 0,
-}
+# 10,001 steps of 108 = about 6 epochs of IN-9L train
+SUBPOPBENCH_RECIPE = subpopbench_recipe(6)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,7 +10,8 @@ import pandas as pd
 from ..hparams import hp
 from ..registry import DATASETS
 from ._images import DEFAULT_ROOT, ROOT_ENV
-from ._subpop import SubpopImages, SubpopImagesHParams, image_names, prepare_files
+from ._subpop import SubpopImages, SubpopImagesHParams, image_names, subpopbench_recipe
+from ._subpop_prepare import prepare_files
 
 DIR = "metashift"  # <data_path>/metashift, as SubpopBench's download script writes it
 METADATA = "metadata_metashift.csv"
@@ -25,13 +25,8 @@ TEST_PCT, VAL_PCT, SEED = 0.25, 0.1, 42
 GROUPS = ("dog_outdoor", "dog_indoor", "cat_outdoor", "cat_indoor")  # g = 2*y + a
 # Images per split in SubpopBench's release (3,499 in all: int(25%) test, int(10%) val, the rest train).
 RELEASE_SIZES = {0: 2276, 1: 349, 2: 874}
-SUBPOPBENCH_RECIPE: dict[str, Any] = {
-    # SubpopBench's image defaults (hparams_registry.py): ImageNet ResNet-50 at 224 px, SGD momentum 0.9, lr 1e-3,
-    # weight decay 1e-4, batch 108; 5,001 steps of 108 = about 237 epochs of 2,276 [RECON: steps as epochs]; no
-    # early stopping (model selection reads every epoch).
-    "data.image_size": 224, "train.optimizer": "sgd", "train.momentum": 0.9, "train.lr": 1e-3,
-    "train.weight_decay": 1e-4, "train.batch_size": 108, "train.epochs": 237, "train.patience": 0,
-}
+# 5,001 steps of 108 = about 237 epochs of 2,276 training images
+SUBPOPBENCH_RECIPE = subpopbench_recipe(237)
 
 
 @dataclass(frozen=True)
