@@ -17,9 +17,10 @@ from robustbench_mtl.algorithms.irm import irm_terms
 from robustbench_mtl.algorithms.jtt import JTT
 from robustbench_mtl.algorithms.vrex import vrex_terms
 from robustbench_mtl.config import RunSpec, TrainHParams
-from robustbench_mtl.results import TIMING_KEYS, read_jsonl
+from robustbench_mtl.results import read_jsonl
 from robustbench_mtl.runner import Reporter, run
 from robustbench_mtl.testing import _Setup, check_algorithm
+from test_mtl_algorithms import _records, _Stop, _StopAfterFirstEpoch
 
 NEW = ("jtt", "irm", "vrex", "dfr", "br_dro")
 SHORT = ("train.epochs=2",)
@@ -96,20 +97,6 @@ def test_jtt_setup_resets_to_initial_weights() -> None:
     assert not algo.optimizer.state  # a rebuilt optimizer: no stage-1 moments
 
 
-class _Interrupt(Exception):
-    pass
-
-
-class _StopAfterFirstEpoch(Reporter):
-    def epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
-        if epoch == 0:
-            raise _Interrupt
-
-
-def _records(out: Path) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_jsonl(out / "metrics.jsonl")]
-
-
 @pytest.mark.parametrize("name", ["jtt", "dfr"])
 def test_resume_keeps_state_and_matches_uninterrupted(name: str, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +105,7 @@ def test_resume_keeps_state_and_matches_uninterrupted(name: str, tmp_path: Path,
     monkeypatch.setattr(JTT, "setup", lambda self, train: (calls.append(1), original(self, train))[1])
     spec = RunSpec("synthetic", name, overrides=SHORT)
     whole = run(spec, tmp_path / "whole")
-    with pytest.raises(_Interrupt):
+    with pytest.raises(_Stop):
         run(spec, tmp_path / "cut", reporter=_StopAfterFirstEpoch())
     resumed = run(spec, tmp_path / "cut")
     assert resumed.resumed_from_epoch == 0
