@@ -18,6 +18,12 @@ LOCK = ".lock"  # a sweep job's lock file (sweep.job_lock): its presence alone i
 TIMING_KEYS = ("time/epoch_s", "time/eval_s")
 
 
+def partial_write(name: str) -> bool:
+    """Whether a file name is one of `_atomic`'s temporary files: what a process killed mid-write leaves behind
+    (it is never read as a result)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def _atomic(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -17,8 +17,8 @@ from .errors import ConfigError, Interrupted, RunFailedError
 from .fit import selected_train_metrics
 from .locks import job_lock
 from .provenance import provenance
-from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, read_json,
-                      rewrite_jsonl)
+from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, partial_write,
+                      read_json, rewrite_jsonl)
 from .loggers import check_loggers, with_loggers
 from .saliency import selected_rho_spur
 from .selection import select_all, selected_model_path
@@ -98,7 +98,8 @@ def _check_out_dir(out: Path, r: Resolved) -> str:
         if (out / FINAL).exists():
             return "done"
         return "resume" if (out / CHECKPOINT).exists() else "fresh"
-    if any(p.name != LOCK for p in out.iterdir()):  # a sweep's lock file comes before config.json
+    # The lock file comes before config.json; a process killed while writing config.json leaves a partial write
+    if any(p.name != LOCK and not partial_write(p.name) for p in out.iterdir()):
         raise ConfigError(f"{out} exists and is not a run directory; choose another --out")
     return "fresh"
 
@@ -108,6 +109,8 @@ def _make_out_dir(out: Path, r: Resolved, device: torch.device, notes: dict[str,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the run directory {out} ({exc.strerror}); choose another --out") from None
+    for leftover in [p for p in out.iterdir() if partial_write(p.name)]:  # an earlier, killed start's
+        leftover.unlink(missing_ok=True)
     atomic_write_json(out / CONFIG, {**_config_json(r, device), "notes": notes})
     rewrite_jsonl(out / METRICS, [])
 

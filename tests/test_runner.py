@@ -229,3 +229,17 @@ def test_protocols_choosing_the_same_epoch_share_one_write(tmp_path: Path, monke
     torch.save({"w": torch.zeros(1)}, tmp_path / "new.pt")
     os.replace(tmp_path / "new.pt", src)
     assert torch.load(tmp_path / "a.pt", weights_only=True)["w"].item() == 1.0
+
+
+def test_a_start_killed_while_writing_config_json_does_not_block_the_next(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / ".lock").touch()
+    (out / ".config.json.k3x9_a.tmp").write_text('{"identity": ')  # what SIGKILL mid-write leaves
+    res = run(RunSpec("synthetic", "erm", overrides=("train.epochs=1",)), out)
+    assert res.final["status"] == "finished"
+    assert not list(out.glob(".*.tmp"))  # the partial write is gone
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")  # anything else is still not a run directory
+    with pytest.raises(ConfigError, match="exists and is not a run directory"):
+        run(RunSpec("synthetic", "erm", overrides=("train.epochs=1",)), tmp_path / "s")
