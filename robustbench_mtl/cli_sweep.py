@@ -72,6 +72,20 @@ def _load_sweep(spec_path: Path | None, datasets: tuple[str, ...], methods: str 
     return load(spec_path, flags, shlex.join(tokens))
 
 
+def _launcher_in(spec_path: Path | None) -> str:
+    """The launcher a sweep file names, read without the planner's imports; "local" when it names none or
+    cannot be read (the planner then reports the bad file)."""
+    if spec_path is None:
+        return "local"
+    try:
+        import tomllib  # Python 3.11+; on 3.10 the guess stays "local"
+
+        name = tomllib.loads(spec_path.read_text(encoding="utf-8")).get("launcher", {}).get("name", "local")
+    except Exception:  # noqa: BLE001 - any unreadable file is the planner's to report, with its own message
+        return "local"
+    return name if isinstance(name, str) else "local"
+
+
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -137,6 +151,10 @@ def sweep_plan(workers: int | None, probe: bool, **kw: Any) -> None:
 @_fail_cleanly
 def sweep_launch(launcher_name: str | None, opts: tuple[str, ...], **kw: Any) -> None:
     """Run the sweep's not-done jobs (done ones are skipped, partial ones resume); refuse if any is invalid."""
+    if (launcher_name or _launcher_in(kw["spec_path"])) == "local":
+        from .launchers import _forkserver
+
+        _forkserver.start()  # the workers' torch import runs while this process imports torch and plans
     from .errors import ConfigError
     from .sweep import launch, make_launcher, plan
 

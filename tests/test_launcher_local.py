@@ -128,6 +128,12 @@ def test_eight_runs_writing_into_one_runs_directory_at_once_leave_each_valid(tmp
         assert len(read_jsonl(r.path / "metrics.jsonl")) == 3 and r.final["status"] == "finished"
 
 
+def descendants(pid: int) -> list[str]:
+    """Every process below `pid` (children, their children, ...)."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return children + [d for c in children for d in descendants(int(c))]
+
+
 @pytest.mark.slow
 def test_workers_stop_when_their_launcher_is_killed_alone(tmp_path: Path) -> None:
     path = spec_file(tmp_path, epochs=40)
@@ -136,7 +142,7 @@ def test_workers_stop_when_their_launcher_is_killed_alone(tmp_path: Path) -> Non
     deadline = time.time() + 300
     while time.time() < deadline and not any((d / CHECKPOINT).exists() for d in dirs):
         time.sleep(0.05)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    workers = descendants(proc.pid)  # the fork server, its workers, multiprocessing's resource tracker
     os.kill(proc.pid, signal.SIGKILL)  # the launcher only, not its process group
     proc.wait()
     time.sleep(3)
@@ -144,5 +150,17 @@ def test_workers_stop_when_their_launcher_is_killed_alone(tmp_path: Path) -> Non
              and Path(f"/proc/{w}/stat").read_text().split()[2] != "Z"]  # a zombie has exited
     for w in alive:
         os.kill(int(w), signal.SIGKILL)
-    assert workers and not alive
+    assert len(workers) >= 3 and not alive  # at least the server and its 2 workers were there
     assert not any(sweep.is_locked(d) for d in dirs)  # nothing left holding a job
+
+
+def test_workers_see_the_launchers_environment_not_the_fork_servers(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_mtl.launchers import _forkserver
+    from robustbench_mtl.launchers.local import Local, LocalHParams
+
+    _forkserver.start()  # the server keeps the environment of this moment
+    monkeypatch.setenv("ROBUSTBENCH_MTL_CACHE", str(tmp_path / "cache-set-later"))
+    p = sweep.plan(sweep_spec.load(spec_file(tmp_path, epochs=1, methods='["erm"]', seeds="[0]")))
+    assert sweep.launch(p, Local(LocalHParams(workers=1)), lambda line: None)[0].startswith("done ")
+    assert any((tmp_path / "cache-set-later").iterdir())  # the worker generated the dataset where it was told

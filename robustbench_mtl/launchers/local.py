@@ -4,7 +4,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from ..errors import ConfigError, Interrupted
 from ..hparams import hp
 from ..registry import LAUNCHERS
 from ..sweep import Job, cores, run_job
+from . import _forkserver
 from .base import Launcher, Log
 
 
@@ -44,22 +44,27 @@ def devices(gpus: str) -> list[str]:
 _WORKER: dict[str, Any] = {"threads": 0, "device": None, "stop": False}
 
 
-def _init_worker(slots: Any, gpu_list: list[str], threads: int, share: int) -> None:
+def _init_worker(slots: Any, gpu_list: list[str], threads: int, share: int, env: dict[str, str]) -> None:
     """`threads` > 0 is forced on every job; else the worker's default becomes its `share` of the cores, and
-    the runner still gives tabular models one thread (two threads run them ~10x slower on a busy CPU)."""
+    the runner still gives tabular models one thread (two threads run them ~10x slower on a busy CPU). `env` is
+    the launcher's environment now: a worker forked from the fork server would otherwise have the server's, from
+    whenever this process started it (the working directory and sys.path come with multiprocessing's own
+    preparation)."""
     import torch
 
+    os.environ.clear()
+    os.environ.update(env)
     slot = slots.get()  # each worker takes its own index, so two workers never share a GPU they could split
     torch.set_num_threads(share)
     _WORKER.update(threads=threads, device=gpu_list[slot % len(gpu_list)] if gpu_list else None)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
 
 
-def _exit_with_parent(parent: int) -> None:
+def _exit_with_parent() -> None:
     """A worker whose launcher was killed alone (not its process group) would wait for work forever, or finish
-    a job nobody waits for: it stops at once instead. Its job keeps its checkpoint, its lock goes with it."""
-    while os.getppid() == parent:
-        time.sleep(1)
+    a job nobody waits for: it stops at once instead. Its job keeps its checkpoint, its lock goes with it.
+    (Not its OS parent that matters: that is the fork server, which other workers keep alive.)"""
+    multiprocessing.parent_process().join()  # returns when the launcher's end of the start-up pipe closes
     os._exit(1)
 
 
@@ -74,7 +79,8 @@ def _work(job: Job) -> str:
 
 @LAUNCHERS.register("local")
 class Local(Launcher):
-    """Run jobs in worker processes on this machine (spawned, so CUDA and threads start clean in each).
+    """Run jobs in worker processes on this machine, forked from a server that has imported torch but never
+    touched CUDA or a thread pool (so both start clean in each worker; see `_forkserver`).
 
     Each worker trains with cores // workers torch threads (tabular models on CPU with one, their fastest),
     so workers do not oversubscribe the CPU, and with one GPU of its own when CUDA is present. A job's lock
@@ -86,14 +92,14 @@ class Local(Launcher):
     def launch(self, jobs: Sequence[Job], log: Log) -> list[str]:
         h = self.hparams
         workers = max(1, min(h.workers, len(jobs)))
-        ctx = multiprocessing.get_context("spawn")
+        ctx = _forkserver.context()
         slots = ctx.Queue()
         for i in range(workers):
             slots.put(i)
         lines = [""] * len(jobs)
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                    initargs=(slots, devices(h.gpus), h.threads,
-                                             h.threads or max(1, cores() // workers)))
+                                             h.threads or max(1, cores() // workers), dict(os.environ)))
         try:
             futures = {pool.submit(_work, job): i for i, job in enumerate(jobs)}
             for future in as_completed(futures):
