@@ -4,9 +4,9 @@ Both arms run the same 8 jobs (erm, erm_l1, mt + recon, mt_l1 + recon x seeds 0 
 full `--epochs`, by default synthetic's own 100, no early stop) into a fresh temporary runs directory, with the
 dataset generated once beforehand into a shared cache. Each arm runs in a fresh Python process, so neither
 finds the other's fork server warm; its clock starts once the sweep is planned and stops when the launch
-returns: worker start-up (the fork server importing torch) is included, as a user pays it. Prints both wall
-times and the ratio; on a 2-core machine the target is >= 1.8x. Other load on the machine makes the ratio
-meaningless.
+returns: worker start-up (the fork server importing torch) is included, as a user pays it. The arms run
+`--repeat` times, alternating; prints every time, the medians and their ratio; on a 2-core machine the
+target is >= 1.8x. Other load on the machine makes the ratio meaningless.
 
 Then the same two arms as users run them: the whole `robustbench-mtl sweep launch` command, Python start-up,
 imports and planning included (the CLI starts the fork server first, so its imports overlap the planning).
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,7 @@ def ceiling(epochs: int, root: Path) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100, help="epochs per job (each ~0.04 s on one core)")
+    parser.add_argument("--repeat", type=int, default=3, help="timed launches per arm (the median is reported)")
     parser.add_argument("--gpus", default="none", help="the launcher's gpus option; none = CPU workers (default)")
     parser.add_argument("--arm", type=int, default=None, help=argparse.SUPPRESS)  # one timed launch, see arm()
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
@@ -112,7 +114,11 @@ def main() -> None:
         from robustbench_mtl.config import RunSpec, resolve
 
         resolve(RunSpec("synthetic", "erm"))  # generate the dataset once, outside the timings
-        one, two = (arm(n, args.epochs, Path(tmp), args.gpus) for n in (1, 2))
+        times: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(args.repeat):  # alternating, so a drift in the machine's speed hits both arms alike
+            for n in (1, 2):
+                times[n].append(arm(n, args.epochs, Path(tmp), args.gpus))
+        one, two = statistics.median(times[1]), statistics.median(times[2])
         cli = [cli_once(n, args.epochs, Path(tmp), args.gpus) for n in (1, 2)]
         seq, par = ceiling(args.epochs, Path(tmp)) if args.gpus == "none" else (None, None)
         # What does not shrink with more workers: the same 8 jobs at 1 epoch each (start-up dominated)
@@ -120,8 +126,9 @@ def main() -> None:
     from robustbench_mtl.sweep import cores
 
     print(f"8 synthetic jobs, {args.epochs} epochs each, {cores()} cores, gpus={args.gpus}")
-    print(f"1 worker:  {one:.1f} s")
-    print(f"2 workers: {two:.1f} s")
+    for n, median in ((1, one), (2, two)):
+        each = ", ".join(f"{t:.1f}" for t in times[n])
+        print(f"{n} worker{'s' if n > 1 else ''}: {' ' if n == 1 else ''}{median:.1f} s (median of {each})")
     print(f"throughput ratio (2 workers / 1 worker): {one / two:.2f}x (target >= 1.8x on 2 cores)")
     print(f"the whole `sweep launch` command: 1 worker {cli[0]:.1f} s, 2 workers {cli[1]:.1f} s: "
           f"{cli[0] / cli[1]:.2f}x")

@@ -49,7 +49,8 @@ def seed_everything(seed: int) -> None:
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    atomic_torch_save({**payload, "rng": rng_state()}, path)
+    """Atomic, not fsynced: written every epoch (see results._atomic; the runner syncs the run at its end)."""
+    atomic_torch_save({**payload, "rng": rng_state()}, path, durable=False)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

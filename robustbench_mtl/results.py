@@ -1,6 +1,7 @@
 """Run-directory files: atomic writes, metrics.jsonl records, and reading finished runs back."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,18 +25,45 @@ def partial_write(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
-def _atomic(path: Path, write: Any) -> None:
+def _atomic(path: Path, write: Any, durable: bool = True) -> None:
+    """Readers see the old file or the complete new one, whatever happens to the writing process. `durable`
+    also flushes the file and the rename to disk (fsync), so they survive a crash of the machine; per-epoch
+    state skips it: two workers fsyncing every epoch queue on the disk (a sweep's 2-worker speed-up fell from
+    1.9x to 1.7x), and `sync_tree` flushes a run once, before its final.json vouches for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot open or sync a directory: best effort
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def sync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` to disk: what per-epoch writes left to the page cache."""
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(Path(root))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -58,16 +86,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     _atomic(Path(path), lambda fh: fh.write(data))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    atomic_write_bytes(path, text.encode(), durable)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(Path(path), lambda fh: fh.write(data))
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    _atomic(Path(path), lambda fh: fh.write(data), durable)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic(Path(path), lambda fh: torch.save(obj, fh))
+def atomic_torch_save(obj: Any, path: Path, durable: bool = True) -> None:
+    _atomic(Path(path), lambda fh: torch.save(obj, fh), durable)
 
 
 def atomic_link(src: Path, path: Path) -> None:
@@ -99,7 +127,14 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def rewrite_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     """Replace metrics.jsonl atomically (used on resume to drop epochs after the checkpoint)."""
     text = "".join(dumps(r, indent=None) + "\n" for r in records)
-    atomic_write_text(Path(path), text)
+    atomic_write_text(Path(path), text, durable=False)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Add one record as one line. A reader may meet a torn last line while it is written, or after a crash:
+    `read_jsonl` stops before it, and a resume rewrites the file from the checkpoint's records."""
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(dumps(record, indent=None) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:

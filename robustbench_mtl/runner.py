@@ -18,7 +18,7 @@ from .fit import selected_train_metrics
 from .locks import job_lock
 from .provenance import provenance
 from .results import (CHECKPOINT, CONFIG, FINAL, LOCK, METRICS, atomic_torch_save, atomic_write_json, partial_write,
-                      read_json, rewrite_jsonl)
+                      read_json, rewrite_jsonl, sync_tree)
 from .loggers import check_loggers, with_loggers
 from .saliency import selected_rho_spur
 from .selection import select_all, selected_model_path
@@ -251,6 +251,7 @@ def _train(r: Resolved, out: Path, device: torch.device, reporter: Reporter, sta
         reporter.close()
     with contextlib.suppress(FileNotFoundError):
         (out / "failed.json").unlink()
+    sync_tree(out)  # what final.json vouches for reaches the disk first (per-epoch writes skip fsync)
     atomic_write_json(out / FINAL, final)
     return RunResult(out, final, resumed_from_epoch=resumed)
 

@@ -85,12 +85,13 @@ def select_all(records: list[dict[str, Any]], patience: int, out: Path | None = 
 def save_selected_models(out: Path, records: list[dict[str, Any]], patience: int, model: nn.Module,
                          selectable: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """Save the model's weights for every protocol whose choice is the newest record: written once, the other
-    protocols' files linked to it (with 12 protocols, one serialisation and fsync per epoch instead of 12)."""
+    protocols' files linked to it (with 12 protocols, one serialisation per epoch instead of 12). Not fsynced:
+    per-epoch state, synced with the run at its end."""
     names = [name for name, cls in SELECTIONS.load_all()
              if _choose(cls(), records, patience, selectable) == len(records) - 1]
     if not names:
         return
     first = selected_model_path(out, names[0])
-    atomic_torch_save(model.state_dict(), first)
+    atomic_torch_save(model.state_dict(), first, durable=False)
     for name in names[1:]:
         atomic_link(first, selected_model_path(out, name))

@@ -213,7 +213,8 @@ def test_protocols_choosing_the_same_epoch_share_one_write(tmp_path: Path, monke
 
     writes = []
     real = selection.atomic_torch_save
-    monkeypatch.setattr(selection, "atomic_torch_save", lambda obj, path: (writes.append(path), real(obj, path)))
+    monkeypatch.setattr(selection, "atomic_torch_save",
+                        lambda obj, path, **kw: (writes.append(path), real(obj, path, **kw)))
     model = torch.nn.Linear(2, 2)
     keys = ("val/worst_group_acc", "val/avg_acc", "test/worst_group_acc", "test/avg_acc")
     record = {"epoch": 0, **{k: 0.5 for k in keys}}

@@ -247,6 +247,41 @@ def test_resume_when_the_checkpointed_epochs_record_is_torn(tmp_path: Path) -> N
     assert _no_timing(_records(cut)) == _no_timing(_records(whole))
 
 
+def test_resume_from_a_checkpoint_with_its_records_pickled_as_a_list(tmp_path: Path) -> None:
+    # Checkpoints written before records_json pickled the records themselves; they resume the same.
+    whole = run(RESUME, tmp_path / "whole").out_dir
+    with pytest.raises(_Crash):
+        run(RESUME, tmp_path / "cut", reporter=_CrashAfterEpoch(1))
+    path = tmp_path / "cut" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    state["records"] = json.loads(state.pop("records_json"))
+    torch.save(state, path)
+    (tmp_path / "cut" / "metrics.jsonl").write_text("")  # only the checkpoint can give the records back
+    run(RESUME, tmp_path / "cut")
+    assert _no_timing(_records(tmp_path / "cut")) == _no_timing(_records(whole))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names synced files through /proc/self/fd")
+def test_epochs_skip_fsync_and_a_run_is_synced_before_its_final_json(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd)))
+    counts = {}
+    for epochs in (2, 6):
+        out = tmp_path / f"e{epochs}"
+        synced.clear()
+        run(RunSpec("synthetic", "erm", overrides=(f"train.epochs={epochs}", "train.patience=0")), out)
+        names = [Path(p).name for p in synced if Path(p).is_relative_to(out)]
+        final_at = next(i for i, n in enumerate(names) if n.startswith(".final.json."))
+        written = ["metrics.jsonl", "checkpoint.pt", *(p.name for p in (out / "selected").glob("*.pt"))]
+        assert len(written) > 2 and all(name in names[:final_at] for name in written)
+        counts[epochs] = len(names)
+    assert counts[2] == counts[6]  # the number of fsyncs does not grow with the epochs
+
+
 # -- e. learning-rate schedule and warm-up -------------------------------------------------------------
 def _hand_factor(s: int, scheduler: str, warmup: int, total: int) -> float:
     if s < warmup:
