@@ -4,9 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+from ..errors import DataNotFoundError
 
 
 class OutsideRoot(ValueError):
@@ -95,6 +99,21 @@ def safe_extraction() -> Iterator[None]:
         yield
     finally:
         tarfile.TarFile.extraction_filter = previous
+
+
+def guarded_download(download: Callable[[], Any], what: str, fix: str) -> None:
+    """Run one third-party download with its progress on stderr (a `prepare`'s stdout holds only the directory)
+    and tar members kept inside their folder (`safe_extraction`). Whatever it raises (network, HTTP, checksum,
+    archive, disk) becomes one line: "<what> failed (<error>); <fix>"."""
+    with contextlib.redirect_stdout(sys.stderr), safe_extraction():
+        try:
+            download()
+            return
+        except Exception as exc:  # whatever it is, the line names it
+            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # messages spanning lines, on one
+    # Raised out here, not in the except: that traceback holds WILDS' progress bars, which it never closes;
+    # freed now, they print their last state before our line instead of after it.
+    raise DataNotFoundError(f"{what} failed ({cause}); {fix}")
 
 
 def _remove(path: Path) -> None:

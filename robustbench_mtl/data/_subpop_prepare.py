@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 import pandas as pd
 
 from ..errors import ConfigError, DataNotFoundError
-from ._files import removed_on_failure, safe_extraction
+from ._files import guarded_download, removed_on_failure
 from ._images import Invalid
 from ._subpop import SubpopImages
 
@@ -22,13 +21,8 @@ def fetch_archive(key: str, url: str, data_dir: Path, filename: str, fix: str) -
         from torchvision.datasets.utils import download_and_extract_archive
     except ImportError:
         raise ConfigError(f"prepare {key} needs torchvision's downloader: pip install torchvision") from None
-    with contextlib.redirect_stdout(sys.stderr), safe_extraction():
-        try:
-            download_and_extract_archive(url, str(data_dir), filename=filename, remove_finished=True)
-            return
-        except Exception as exc:  # urllib, HTTP, tarfile, disk: whatever it is, the line names it
-            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    raise DataNotFoundError(f"{key}: download from {url} failed ({cause}); {fix}")
+    guarded_download(lambda: download_and_extract_archive(url, str(data_dir), filename=filename,
+                                                          remove_finished=True), f"{key}: download from {url}", fix)
 
 
 def prepare_files(cls: type[SubpopImages], root: Path, archives: Sequence[tuple[str, str, str]],

@@ -1,14 +1,12 @@
 """Downloads through WILDS' own downloader, with its errors reaching the user (WILDS prints and swallows them)."""
 from __future__ import annotations
 
-import contextlib
 import importlib
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import ConfigError, DataNotFoundError
-from ._files import safe_extraction
+from ..errors import ConfigError
+from ._files import guarded_download
 
 
 def wilds_release(module: str, cls: str, version: str, manual: str = "") -> tuple[str, int | None, Callable[..., Any]]:
@@ -31,13 +29,5 @@ def wilds_release(module: str, cls: str, version: str, manual: str = "") -> tupl
 def wilds_fetch(name: str, url: str, size: int | None, download: Callable[..., Any], data_dir: Path,
                 fix: str) -> None:
     """What WILDSDataset.download_dataset does, minus its `except Exception: print(e)`: errors reach us."""
-    with contextlib.redirect_stdout(sys.stderr), safe_extraction():  # WILDS prints progress on stdout
-        try:
-            download(url=url, download_root=str(data_dir), filename="archive.tar.gz", remove_finished=True,
-                     size=size)
-            return
-        except Exception as exc:  # urllib, tarfile, disk: whatever it is, the line names it
-            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-    # Raised out here, not in the except: the traceback there holds WILDS' progress bars, which it never
-    # closes; freed now, they print their last state before our line instead of after it.
-    raise DataNotFoundError(f"{name}: download from {url} failed ({cause}); {fix}")
+    guarded_download(lambda: download(url=url, download_root=str(data_dir), filename="archive.tar.gz",
+                                      remove_finished=True, size=size), f"{name}: download from {url}", fix)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +13,7 @@ import pandas as pd
 from ..errors import ConfigError, DataNotFoundError
 from ..hparams import hp
 from ..registry import DATASETS
-from ._files import removed_on_failure, safe_extraction
+from ._files import guarded_download, removed_on_failure
 from ._images import (DEFAULT_ROOT, PAPER_IMAGE_RECIPE, ROOT_ENV, ImageFiles, Invalid, Rows, Source, StoredImages,
                       checked_paths, count_mismatch, stat_digest)
 from .base import SPLITS
@@ -276,13 +275,8 @@ def manual_steps(root: Path, rerun: str) -> str:
 
 def fetch(download: Callable[..., Any], root: Path, fix: str) -> None:
     """Run torchvision's download; whatever it raises (quota page, MD5 mismatch, network) becomes one line."""
-    with contextlib.redirect_stdout(sys.stderr), safe_extraction():  # progress to stderr: stdout is the dir
-        try:
-            download(str(root), split="all", target_type=[], download=True)
-            return
-        except Exception as exc:  # gdown, urllib, zipfile, disk: whatever it is, the line names it
-            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"  # gdown's messages span lines
-    raise DataNotFoundError(f"celeba: download from Google Drive failed ({cause}); {fix}")
+    guarded_download(lambda: download(str(root), split="all", target_type=[], download=True),
+                     "celeba: download from Google Drive", fix)
 
 
 def verified(data_dir: Path, rerun: str, official: dict[str, tuple[int, ...]]) -> None:

@@ -1,9 +1,7 @@
 """Multi-MNIST with label-label spurious correlation, built from the official MNIST files, with `prepare`."""
 from __future__ import annotations
 
-import contextlib
 import gzip
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +12,7 @@ from torch import Tensor
 from ..errors import DataNotFoundError
 from ..hparams import hp
 from ..registry import DATASETS
-from ._files import removed_on_failure
+from ._files import guarded_download, removed_on_failure
 from ._images import DEFAULT_ROOT, ROOT_ENV, Invalid, resolve_root
 from ._pairs import N_CLASSES, SIDE, PairHParams, PairsDataset, generator, stratified_pools
 from .base import TensorSplit
@@ -169,16 +167,10 @@ def fetch(root: Path, rerun: str) -> None:
     from torchvision import datasets
 
     mirrors = getattr(datasets.MNIST, "mirrors", [])
-    with contextlib.redirect_stdout(sys.stderr):  # its progress goes to stderr: stdout is the directory
-        try:
-            datasets.MNIST(str(root), train=True, download=True)  # fetches and extracts all four files
-            return
-        except Exception as exc:  # urllib, MD5 mismatch, disk: whatever it is, the line names it
-            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     names = ", ".join(f"{n}.gz" for names in FILES.values() for n in names)
-    raise DataNotFoundError(f"multi_mnist: MNIST download failed ({cause}); check the network, or put {names} "
-                            f"(from {mirrors[0] if mirrors else 'an MNIST mirror'}) in {raw_dir(root)} by hand; "
-                            f"then {rerun}")
+    guarded_download(lambda: datasets.MNIST(str(root), train=True, download=True),  # all four files
+                     "multi_mnist: MNIST download", f"check the network, or put {names} (from "
+                     f"{mirrors[0] if mirrors else 'an MNIST mirror'}) in {raw_dir(root)} by hand; then {rerun}")
 
 
 def verify(root: Path, rerun: str) -> None:
