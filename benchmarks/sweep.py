@@ -9,7 +9,8 @@ returns: worker start-up (the fork server importing torch) is included, as a use
 target is >= 1.8x. Other load on the machine makes the ratio meaningless.
 
 Then the same two arms as users run them: the whole `robustbench-mtl sweep launch` command, Python start-up,
-imports and planning included (the CLI starts the fork server first, so its imports overlap the planning).
+imports, planning and exit included (the CLI starts the fork server first, so its imports overlap the
+planning), also `--repeat` times.
 
 It also prints the machine's own ceiling for this work, without the launcher: two of the sweep's jobs run
 as two plain `robustbench-mtl run` processes one after the other, then both at once (ratio = sequential /
@@ -63,16 +64,20 @@ def arm(workers: int, epochs: int, root: Path, gpus: str) -> float:
 
 
 def cli_once(workers: int, epochs: int, root: Path, gpus: str) -> float:
-    """Wall seconds of the whole `robustbench-mtl sweep launch` command for the same sweep."""
+    """Wall seconds of the whole `robustbench-mtl sweep launch` command for the same sweep, until its process
+    exits (when a shell prompt returns). Its output goes to a file, not a pipe: a pipe's reader would also wait
+    for the fork server, which holds the launcher's stdout and takes ~1 s to exit after it."""
     runs = tempfile.mkdtemp(dir=root, prefix=f"cli-{workers}w-")
     cmd = [sys.executable, "-m", "robustbench_mtl", "sweep", "launch", "--data", "synthetic", "--methods",
            ",".join(METHODS), "--seeds", "0,1", "--set", f"train.epochs={epochs}", "--set", "train.patience=0",
            "--runs-dir", runs, "--launcher", "local", "--opt", f"workers={workers}", "--opt", f"gpus={gpus}"]
-    t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = time.perf_counter() - t0
-    if out.returncode != 0 or "8 done" not in out.stdout:
-        raise SystemExit(f"`sweep launch` with {workers} workers failed:\n{out.stdout}{out.stderr}")
+    log = Path(runs) / "launch.log"
+    with open(log, "w") as fh:
+        t0 = time.perf_counter()
+        code = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT).wait()
+        seconds = time.perf_counter() - t0
+    if code != 0 or "8 done" not in log.read_text():
+        raise SystemExit(f"`sweep launch` with {workers} workers failed:\n{log.read_text()}")
     return seconds
 
 
@@ -119,7 +124,11 @@ def main() -> None:
             for n in (1, 2):
                 times[n].append(arm(n, args.epochs, Path(tmp), args.gpus))
         one, two = statistics.median(times[1]), statistics.median(times[2])
-        cli = [cli_once(n, args.epochs, Path(tmp), args.gpus) for n in (1, 2)]
+        cli_times: dict[int, list[float]] = {1: [], 2: []}
+        for _ in range(args.repeat):
+            for n in (1, 2):
+                cli_times[n].append(cli_once(n, args.epochs, Path(tmp), args.gpus))
+        cli = [statistics.median(cli_times[n]) for n in (1, 2)]
         seq, par = ceiling(args.epochs, Path(tmp)) if args.gpus == "none" else (None, None)
         # What does not shrink with more workers: the same 8 jobs at 1 epoch each (start-up dominated)
         fixed = [arm(n, 1, Path(tmp), args.gpus) for n in (1, 2)]
@@ -130,7 +139,7 @@ def main() -> None:
         each = ", ".join(f"{t:.1f}" for t in times[n])
         print(f"{n} worker{'s' if n > 1 else ''}: {' ' if n == 1 else ''}{median:.1f} s (median of {each})")
     print(f"throughput ratio (2 workers / 1 worker): {one / two:.2f}x (target >= 1.8x on 2 cores)")
-    print(f"the whole `sweep launch` command: 1 worker {cli[0]:.1f} s, 2 workers {cli[1]:.1f} s: "
+    print(f"the whole `sweep launch` command (medians): 1 worker {cli[0]:.1f} s, 2 workers {cli[1]:.1f} s: "
           f"{cli[0] / cli[1]:.2f}x")
     print(f"the same sweep at 1 epoch per job (launch and start-up cost): 1 worker {fixed[0]:.1f} s, "
           f"2 workers {fixed[1]:.1f} s")

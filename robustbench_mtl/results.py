@@ -28,8 +28,8 @@ def partial_write(name: str) -> bool:
 def _atomic(path: Path, write: Any, durable: bool = True) -> None:
     """Readers see the old file or the complete new one, whatever happens to the writing process. `durable`
     also flushes the file and the rename to disk (fsync), so they survive a crash of the machine; per-epoch
-    state skips it: two workers fsyncing every epoch queue on the disk (a sweep's 2-worker speed-up fell from
-    1.9x to 1.7x), and `sync_tree` flushes a run once, before its final.json vouches for it."""
+    state skips it: two workers fsyncing every epoch queue on the disk (benchmarks/RESULTS.md, sweep
+    throughput), and `sync_tree` flushes a run once, before its final.json vouches for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
