@@ -164,3 +164,13 @@ def test_workers_see_the_launchers_environment_not_the_fork_servers(tmp_path: Pa
     p = sweep.plan(sweep_spec.load(spec_file(tmp_path, epochs=1, methods='["erm"]', seeds="[0]")))
     assert sweep.launch(p, Local(LocalHParams(workers=1)), lambda line: None)[0].startswith("done ")
     assert any((tmp_path / "cache-set-later").iterdir())  # the worker generated the dataset where it was told
+
+
+@pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(),
+                    reason="no fork server on this platform: every worker is spawned")
+def test_cpu_workers_fork_from_the_preloaded_server_and_gpu_workers_are_spawned() -> None:
+    from robustbench_mtl.launchers import _forkserver
+
+    assert _forkserver.context().get_start_method() == "forkserver"
+    assert {"torch", "torch._dynamo", "robustbench_mtl.runner"} <= set(_forkserver.PRELOAD)
+    assert _forkserver.context(cuda=True).get_start_method() == "spawn"  # CUDA must start in the worker itself

@@ -79,8 +79,8 @@ def _work(job: Job) -> str:
 
 @LAUNCHERS.register("local")
 class Local(Launcher):
-    """Run jobs in worker processes on this machine, forked from a server that has imported torch but never
-    touched CUDA or a thread pool (so both start clean in each worker; see `_forkserver`).
+    """Run jobs in worker processes on this machine: CPU workers fork from a server that has imported torch but
+    never run a thread pool (see `_forkserver`); GPU workers are spawned, so CUDA starts clean in each.
 
     Each worker trains with cores // workers torch threads (tabular models on CPU with one, their fastest),
     so workers do not oversubscribe the CPU, and with one GPU of its own when CUDA is present. A job's lock
@@ -92,13 +92,14 @@ class Local(Launcher):
     def launch(self, jobs: Sequence[Job], log: Log) -> list[str]:
         h = self.hparams
         workers = max(1, min(h.workers, len(jobs)))
-        ctx = _forkserver.context()
+        gpus = devices(h.gpus)
+        ctx = _forkserver.context(cuda=bool(gpus))
         slots = ctx.Queue()
         for i in range(workers):
             slots.put(i)
         lines = [""] * len(jobs)
         pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(slots, devices(h.gpus), h.threads,
+                                   initargs=(slots, gpus, h.threads,
                                              h.threads or max(1, cores() // workers), dict(os.environ)))
         try:
             futures = {pool.submit(_work, job): i for i, job in enumerate(jobs)}
