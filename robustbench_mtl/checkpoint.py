@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import ConfigError
 from .results import atomic_torch_save
 
 
@@ -54,5 +55,13 @@ def save(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with weights_only=True: loading never executes code."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Read a checkpoint with weights_only=True: loading never executes code. One that cannot be read (cut
+    short: per-epoch writes are not fsynced, so a machine crash can leave one empty; or not a checkpoint at
+    all) is one line saying to delete it, after which the same command starts the run over."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # EOFError, zip, unpickling (weights_only), OSError: all mean the same here
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())
+        why = why if len(why) <= 160 else why[:157] + "..."
+        raise ConfigError(f"{path} cannot be read as a checkpoint ({why}); delete it and run the same command "
+                          f"to start this run over") from None

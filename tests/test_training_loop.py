@@ -388,3 +388,21 @@ def test_warmup_ratio_is_a_fraction_of_the_schedule() -> None:
         algo.scheduler.step()
     assert lrs[:6] == pytest.approx([k / 6 for k in range(1, 7)]) and lrs[6] == pytest.approx(1 - 0 / 94)
     assert lrs[7] == pytest.approx(1 - 1 / 94)
+
+
+def test_an_unreadable_checkpoint_is_one_line_and_deleting_it_starts_the_run_over(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from robustbench_mtl.cli import main
+
+    args = ["run", "--algo", "erm", "--data", "synthetic", "--set", "train.epochs=2", "--out", str(tmp_path / "r"),
+            "--quiet"]
+    with pytest.raises(_Crash):
+        run(RunSpec("synthetic", "erm", overrides=("train.epochs=2",)), tmp_path / "r", reporter=_CrashAfterEpoch(0))
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")  # what a machine crash can leave of an unsynced write
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "checkpoint.pt cannot be read as a checkpoint" in res.output and "delete it" in res.output
+    (tmp_path / "r" / "checkpoint.pt").unlink()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and [r["epoch"] for r in _records(tmp_path / "r")] == [0, 1]
