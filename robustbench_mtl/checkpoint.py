@@ -54,14 +54,15 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     atomic_torch_save({**payload, "rng": rng_state()}, path, durable=False)
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with weights_only=True: loading never executes code. One that cannot be read (cut
-    short: per-epoch writes are not fsynced, so a machine crash can leave one empty; or not a checkpoint at
-    all) is one line saying to delete it, after which the same command starts the run over."""
+def load(path: Path, map_location: str | torch.device = "cpu", restart: Path | None = None) -> dict[str, Any]:
+    """Read a checkpoint (or saved weights) with weights_only=True: loading never executes code. One that cannot
+    be read (cut short: per-epoch writes are not fsynced, so a machine crash can leave one empty; or not one
+    of ours) is one line saying to delete it (or `restart`, the run's checkpoint), after which the same command
+    starts the run over."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # EOFError, zip, unpickling (weights_only), OSError: all mean the same here
         why = " ".join(f"{type(exc).__name__}: {exc}".split())
         why = why if len(why) <= 160 else why[:157] + "..."
-        raise ConfigError(f"{path} cannot be read as a checkpoint ({why}); delete it and run the same command "
+        raise ConfigError(f"{path} cannot be read ({why}); delete {restart or 'it'} and run the same command "
                           f"to start this run over") from None

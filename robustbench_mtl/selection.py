@@ -82,6 +82,18 @@ def select_all(records: list[dict[str, Any]], patience: int, out: Path | None = 
     return result
 
 
+def chosen_weight_files(out: Path, records: list[dict[str, Any]], patience: int,
+                        selectable: Callable[[dict[str, Any]], bool] | None = None) -> list[Path]:
+    """The selected-weight files the protocols' choices among `records` point to, one per distinct file (the
+    protocols that chose the same record share one, hard-linked)."""
+    files: dict[Any, Path] = {}
+    for name, cls in SELECTIONS.load_all():
+        if _choose(cls(), records, patience, selectable) >= 0:
+            path = selected_model_path(out, name)
+            files.setdefault(path.stat().st_ino if path.exists() else path, path)
+    return list(files.values())
+
+
 def save_selected_models(out: Path, records: list[dict[str, Any]], patience: int, model: nn.Module,
                          selectable: Callable[[dict[str, Any]], bool] | None = None) -> None:
     """Save the model's weights for every protocol whose choice is the newest record: written once, the other

@@ -20,7 +20,7 @@ from .metrics import split_metrics
 from .model import Model
 from .objectives.base import AuxiliaryTask
 from .results import CHECKPOINT, METRICS, append_jsonl, read_jsonl, rewrite_jsonl
-from .selection import save_selected_models
+from .selection import chosen_weight_files, save_selected_models
 
 
 class Reporter:
@@ -113,6 +113,10 @@ class Trainer:
                             x for x in read_jsonl(self.out / METRICS)
                             if x["epoch"] <= state["epoch"] or x.get("phase") == "setup"])
         rewrite_jsonl(self.out / METRICS, self.records)
+        # The weights chosen before the checkpoint are not written again; a machine crash may have cut them
+        # short (per-epoch writes skip fsync), and final.json must not vouch for them then.
+        for path in chosen_weight_files(self.out, self.records, self.t.patience, self.algo.selectable):
+            ckpt.load(path, restart=self.out / CHECKPOINT)
         return state["epoch"]
 
     def save(self) -> None:

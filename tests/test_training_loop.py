@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from robustbench_mtl.config import RunSpec, resolve
+from robustbench_mtl.errors import ConfigError
 from robustbench_mtl.results import TIMING_KEYS, read_jsonl
 from robustbench_mtl.runner import Reporter, build, evaluate, run
 
@@ -402,7 +403,21 @@ def test_an_unreadable_checkpoint_is_one_line_and_deleting_it_starts_the_run_ove
     (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")  # what a machine crash can leave of an unsynced write
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
-    assert "checkpoint.pt cannot be read as a checkpoint" in res.output and "delete it" in res.output
+    assert "checkpoint.pt cannot be read" in res.output and "delete it" in res.output
     (tmp_path / "r" / "checkpoint.pt").unlink()
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0 and [r["epoch"] for r in _records(tmp_path / "r")] == [0, 1]
+
+
+def test_resume_refuses_chosen_weights_a_crash_cut_short(tmp_path: Path) -> None:
+    # Weights chosen before the checkpoint are not written again, so final.json would vouch for a broken file.
+    with pytest.raises(_Crash):
+        run(RESUME, tmp_path / "r", reporter=_CrashAfterEpoch(1))
+    weights = tmp_path / "r" / "selected" / "val_worst_group.pt"
+    weights.unlink()  # a hard link: replace it, so the other protocols' files stay whole
+    weights.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"val_worst_group.pt cannot be read .* delete .*checkpoint.pt"):
+        run(RESUME, tmp_path / "r")
+    assert not (tmp_path / "r" / "final.json").exists()
+    (tmp_path / "r" / "checkpoint.pt").unlink()
+    assert run(RESUME, tmp_path / "r").resumed_from_epoch is None  # started over, and finished
