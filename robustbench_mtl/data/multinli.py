@@ -1,8 +1,10 @@
 """MultiNLI with the negation attribute: the official MNLI 1.0 text joined with group_DRO's metadata_random.csv."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import string
 import warnings
 from dataclasses import dataclass
@@ -11,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import DataNotFoundError
+from ..errors import ConfigError, DataNotFoundError
 from ..hparams import hp
 from ..registry import DATASETS
+from ._files import guarded_download, removed_on_failure
 from ._images import DEFAULT_ROOT, ROOT_ENV, Invalid, resolve_root
 from ._text import TextDataset, TextSource
 from .base import SPLITS
@@ -268,12 +271,56 @@ class MultiNLI(TextDataset):
         """Download the MNLI 1.0 text and group_DRO's metadata (SHA-1 checked) with torchvision's downloader
         into `root`, join and count them; returns the dataset directory. Files already there are kept and
         checked, never overwritten; on any failure what this call created is removed and one line raised."""
-        from ._multinli_prepare import prepare_files
-
-        return prepare_files(Path(root).expanduser())
+        root = Path(root).expanduser()
+        with contextlib.suppress(Invalid):  # already complete and valid: nothing to do
+            layout = find_layout(root)
+            read_source(layout)
+            return layout.data_dir
+        try:  # torchvision's downloader: redirects followed, errors raised (not printed)
+            from torchvision.datasets.utils import download_and_extract_archive, download_url
+        except ImportError:
+            raise ConfigError("prepare multinli needs torchvision's downloader: pip install torchvision") from None
+        data_dir = target_dir(root)
+        text_dir, meta = data_dir / TEXT_DIR, data_dir / METADATA
+        kept = [str(p) for p in (text_dir, meta) if p.exists()]
+        rerun = f"rerun: {fix_hint(root)}" + (f" ({', '.join(kept)} predate this run, so they were kept: delete "
+                                              "them if this repeats)" if kept else "")
+        manual = (f"download by hand: unzip {MNLI_URL} into {data_dir} (giving {text_dir / TEXT_FILES[0]}) "
+                  f"and save {METADATA_URL} as {meta}; then {rerun}")
+        had_macosx = (data_dir / "__MACOSX").exists()
+        with removed_on_failure(data_dir):
+            if not meta.exists():
+                guarded_download(lambda: download_url(METADATA_URL, str(meta.parent), meta.name),
+                                 f"multinli: download from {METADATA_URL}", manual)
+            if (got := git_blob_sha1(meta)) != METADATA_SHA1:
+                raise DataNotFoundError(f"multinli: {meta} has git blob SHA-1 {got}, not group_DRO's "
+                                        f"{METADATA_SHA1} (dataset_metadata/multinli/metadata_random.csv at "
+                                        f"cbbc1c5b); {rerun}")
+            if not text_dir.exists():
+                guarded_download(lambda: download_and_extract_archive(
+                    MNLI_URL, str(data_dir), filename="multinli_1.0.zip", remove_finished=True),
+                    f"multinli: download from {MNLI_URL}", manual)
+            if not had_macosx:  # the zip's macOS resource forks: never read
+                shutil.rmtree(data_dir / "__MACOSX", ignore_errors=True)
+            verified(data_dir, rerun)
+        return data_dir
 
 
 def git_blob_sha1(path: Path) -> str:
     """`git hash-object` of the file: the SHA-1 of b"blob <size>\\0" + content, as GitHub lists it."""
     data = path.read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def verified(data_dir: Path, rerun: str) -> None:
+    """The files read and joined as a run reads them, and the group counts per split against the release's."""
+    try:
+        counts = group_counts(read_source(find_layout(data_dir)))
+    except Invalid as exc:
+        raise DataNotFoundError(f"multinli: the files in {data_dir} are not usable ({exc}); {rerun}") from None
+    wrong = [(s, g, got, want) for s in SPLITS
+             for g, (got, want) in enumerate(zip(counts[s], OFFICIAL_COUNTS[s])) if got != want]
+    if wrong:
+        s, g, got, want = wrong[0]
+        raise DataNotFoundError(f"multinli: {data_dir} has {got} {s} examples in group {GROUPS[g]}, the "
+                                f"official release has {want}; {rerun}")
