@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 METHODS = ["erm", "erm_l1", "mt+recon", "mt_l1+recon"]
 
@@ -103,6 +104,16 @@ def ceiling(epochs: int, root: Path) -> tuple[float, float]:
     return sequential, time.perf_counter() - t0
 
 
+def alternating(timed: Callable[[int], float], repeat: int) -> dict[int, list[float]]:
+    """`repeat` timings of `timed(workers)` for 1 and 2 workers, alternating, so that a drift in the machine's
+    speed hits both arms alike."""
+    times: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeat):
+        for n in (1, 2):
+            times[n].append(timed(n))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100, help="epochs per job (each ~0.04 s on one core)")
@@ -119,15 +130,9 @@ def main() -> None:
         from robustbench_mtl.config import RunSpec, resolve
 
         resolve(RunSpec("synthetic", "erm"))  # generate the dataset once, outside the timings
-        times: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(args.repeat):  # alternating, so a drift in the machine's speed hits both arms alike
-            for n in (1, 2):
-                times[n].append(arm(n, args.epochs, Path(tmp), args.gpus))
+        times = alternating(lambda n: arm(n, args.epochs, Path(tmp), args.gpus), args.repeat)
         one, two = statistics.median(times[1]), statistics.median(times[2])
-        cli_times: dict[int, list[float]] = {1: [], 2: []}
-        for _ in range(args.repeat):
-            for n in (1, 2):
-                cli_times[n].append(cli_once(n, args.epochs, Path(tmp), args.gpus))
+        cli_times = alternating(lambda n: cli_once(n, args.epochs, Path(tmp), args.gpus), args.repeat)
         cli = [statistics.median(cli_times[n]) for n in (1, 2)]
         seq, par = ceiling(args.epochs, Path(tmp)) if args.gpus == "none" else (None, None)
         # What does not shrink with more workers: the same 8 jobs at 1 epoch each (start-up dominated)

@@ -82,13 +82,19 @@ def select_all(records: list[dict[str, Any]], patience: int, out: Path | None = 
     return result
 
 
+def _choices(records: list[dict[str, Any]], patience: int,
+             selectable: Callable[[dict[str, Any]], bool] | None) -> dict[str, int]:
+    """Each protocol's chosen index among `records` (-1: none selectable yet)."""
+    return {name: _choose(cls(), records, patience, selectable) for name, cls in SELECTIONS.load_all()}
+
+
 def chosen_weight_files(out: Path, records: list[dict[str, Any]], patience: int,
                         selectable: Callable[[dict[str, Any]], bool] | None = None) -> list[Path]:
     """The selected-weight files the protocols' choices among `records` point to, one per distinct file (the
     protocols that chose the same record share one, hard-linked)."""
     files: dict[Any, Path] = {}
-    for name, cls in SELECTIONS.load_all():
-        if _choose(cls(), records, patience, selectable) >= 0:
+    for name, i in _choices(records, patience, selectable).items():
+        if i >= 0:
             path = selected_model_path(out, name)
             files.setdefault(path.stat().st_ino if path.exists() else path, path)
     return list(files.values())
@@ -99,8 +105,7 @@ def save_selected_models(out: Path, records: list[dict[str, Any]], patience: int
     """Save the model's weights for every protocol whose choice is the newest record: written once, the other
     protocols' files linked to it (with 12 protocols, one serialisation per epoch instead of 12). Not fsynced:
     per-epoch state, synced with the run at its end."""
-    names = [name for name, cls in SELECTIONS.load_all()
-             if _choose(cls(), records, patience, selectable) == len(records) - 1]
+    names = [name for name, i in _choices(records, patience, selectable).items() if i == len(records) - 1]
     if not names:
         return
     first = selected_model_path(out, names[0])
